@@ -1,0 +1,8 @@
+"""Fine-tuning by distillation and metric evaluation of a candidate."""
+
+from __future__ import annotations
+
+from autocompress.evaluators._distill import DistillConfig, DivergedError, distill
+from autocompress.evaluators._evaluate import accuracy, collect_outputs, evaluate
+
+__all__ = ["DistillConfig", "DivergedError", "distill", "accuracy", "collect_outputs", "evaluate"]

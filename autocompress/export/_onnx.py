@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import onnx
+import torch
+from torch import nn
+
+from autocompress._io import atomic_write_bytes
+from autocompress.compress import QuantConv2d, QuantLinear
+from autocompress.latency_lut import LatencyBackend, OrtCpuBackend, feeds_for, to_onnx_bytes
+from autocompress.task import as_input_tuple
+
+__all__ = ["INTEGER_OPS", "Engine", "export_engine", "optimized_op_counts"]
+
+INTEGER_OPS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "MatMulNBits", "DynamicQuantizeMatMul")
+# A float engine must match PyTorch to float rounding; an int8 engine may differ by a few
+# quantization steps where the runtime's integer requantization rounds differently.
+FP32_TOLERANCE = 1e-3
+INT8_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class Engine:
+    """An exported, verified engine. Errors are relative: max |ort - torch| / max |torch|."""
+
+    path: str
+    format: str
+    size_bytes: int
+    sha256: str
+    max_abs_error: float
+    relative_error: float
+    tolerance: float
+    top1_agreement: float | None
+    int8_layers: int
+    integer_nodes: dict = field(default_factory=dict)
+    latency_us: float = 0.0
+    latency_p10_us: float = 0.0
+    latency_p90_us: float = 0.0
+    runtime_metric: float | None = None
+    ok: bool = True
+    problems: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["problems"] = list(self.problems)
+        return d
+
+
+def optimized_op_counts(model: bytes | Path, backend: OrtCpuBackend) -> Counter:
+    """Op types in the graph ONNX Runtime actually runs (after its fusions)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        backend.session(model, optimized_model_path=out)
+        graph = onnx.load(str(out)).graph
+        return Counter(n.op_type for n in graph.node)
+
+
+def _int8_layer_count(model: nn.Module) -> int:
+    return sum(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules())
+
+
+def export_engine(
+    model: nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: Path,
+    backend: LatencyBackend,
+    check_batches: Iterable | None = None,
+    metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
+    eval_loader: Iterable | None = None,
+) -> Engine:
+    """Export ``model`` to ONNX at ``path`` (dynamic batch), then verify and time it."""
+    model = model.eval()
+    data = to_onnx_bytes(model, example_inputs, dynamic_batch=True)
+    atomic_write_bytes(path, data)
+    int8_layers = _int8_layer_count(model)
+    problems: list[str] = []
+
+    session = backend.session(data) if hasattr(backend, "session") else None
+    ort_run = (lambda *xs: torch.from_numpy(session.run(None, feeds_for(tuple(xs)))[0])) if session else None
+
+    # Parity on held-out inputs.
+    inputs_list = [as_input_tuple(b[0]) for b in (check_batches or [])] or [example_inputs]
+    max_abs, ref_max, agree, total = 0.0, 0.0, 0, 0
+    with torch.no_grad():
+        for inputs in inputs_list:
+            ref = model(*inputs)
+            ref = ref[0] if isinstance(ref, (tuple, list)) else ref
+            got = ort_run(*inputs) if ort_run else ref
+            max_abs = max(max_abs, float((got - ref).abs().max()))
+            ref_max = max(ref_max, float(ref.abs().max()))
+            if ref.dim() == 2 and ref.shape[1] > 1:
+                agree += int((got.argmax(1) == ref.argmax(1)).sum())
+                total += ref.shape[0]
+    rel = max_abs / max(ref_max, 1e-12)
+    tolerance = INT8_TOLERANCE if int8_layers else FP32_TOLERANCE
+    if rel > tolerance:
+        problems.append(f"outputs differ from PyTorch by {rel:.3g} (relative), over the tolerance {tolerance}")
+
+    counts: dict = {}
+    if isinstance(backend, OrtCpuBackend):
+        ops = optimized_op_counts(data, backend)
+        counts = {k: v for k, v in ops.items() if k in INTEGER_OPS}
+        if int8_layers and sum(counts.values()) < int8_layers:
+            problems.append(f"only {sum(counts.values())} of {int8_layers} int8 layers run as integer kernels")
+
+    timing = backend.measure(data, feeds_for(example_inputs))
+    runtime_metric = None
+    if metric is not None and eval_loader is not None and ort_run is not None:
+        outs, targets = [], []
+        for inputs, target in eval_loader:
+            outs.append(ort_run(*as_input_tuple(inputs)))
+            targets.append(target)
+        runtime_metric = float(metric(torch.cat(outs), torch.cat(targets)))
+    return Engine(
+        path=str(path),
+        format="onnx-int8" if int8_layers else "onnx",
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        max_abs_error=max_abs,
+        relative_error=rel,
+        tolerance=tolerance,
+        top1_agreement=(agree / total) if total else None,
+        int8_layers=int8_layers,
+        integer_nodes=counts,
+        latency_us=timing.median_us,
+        latency_p10_us=timing.p10_us,
+        latency_p90_us=timing.p90_us,
+        runtime_metric=runtime_metric,
+        ok=not problems,
+        problems=tuple(problems),
+    )

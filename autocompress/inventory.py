@@ -1,0 +1,255 @@
+"""Model -> LayerInventory: the compressible layers, their shapes, and their coupling groups.
+
+Shapes, FLOPs and the activation fused after each layer come from a torch.fx trace with
+shape propagation; channel coupling (residual adds, concatenations, depthwise convs) comes
+from Torch-Pruning's dependency graph. The unit of pruning is the group: every layer whose
+output channels are coupled loses the same channels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Iterable, Mapping, Sequence
+
+import torch
+import torch.fx
+import torch_pruning as tp
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from autocompress.errors import UserError
+
+__all__ = ["Layer", "Group", "LayerInventory", "build_dependency_graph", "build_inventory", "trace"]
+
+LAYER_TYPES = (nn.Conv2d, nn.Linear)
+_RELU_FUNCS = {torch.relu, nn.functional.relu, torch.relu_}
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One compressible layer as the example inputs exercise it."""
+
+    name: str
+    kind: str  # "conv" or "linear"
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    groups: int
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    activation: str | None  # "relu" when the layer's only consumer (after BN) is a ReLU
+    flops: int
+    params: int
+    in_group: str | None  # the group whose pruning removes this layer's input channels
+    out_group: str | None  # the group whose pruning removes this layer's output channels
+    is_output: bool  # feeds the model output without another layer in between
+
+
+@dataclass(frozen=True)
+class Group:
+    """Layers whose output channels must be pruned together, and the layers consuming them."""
+
+    name: str
+    layers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    channels: int
+    prunable: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class LayerInventory:
+    layers: Mapping[str, Layer]
+    groups: Mapping[str, Group]
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable digest of the architecture (layer shapes and coupling), not of the weights."""
+        blob = json.dumps(
+            {"layers": [asdict(l) for l in self.layers.values()], "groups": [asdict(g) for g in self.groups.values()]},
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def total_flops(self) -> int:
+        return sum(l.flops for l in self.layers.values())
+
+    def prunable_groups(self) -> list[Group]:
+        return [g for g in self.groups.values() if g.prunable]
+
+
+class _Tracer(torch.fx.Tracer):
+    def __init__(self, leaf_types: tuple[type, ...]) -> None:
+        super().__init__()
+        self.leaf_types = leaf_types
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
+
+
+def trace(model: nn.Module, leaf_types: tuple[type, ...] = ()) -> torch.fx.GraphModule:
+    """Symbolically trace ``model`` (``leaf_types`` are kept as single calls), or raise a
+    UserError that names what failed."""
+    try:
+        tracer = _Tracer(leaf_types)
+        graph = tracer.trace(model)
+        name = model.__class__.__name__ if isinstance(model, nn.Module) else model.__name__
+        return torch.fx.GraphModule(tracer.root, graph, name)
+    except Exception as exc:  # fx raises many types; all mean "not traceable"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"The model cannot be traced by torch.fx ({type(exc).__name__}: {first}); "
+            "make forward free of data-dependent Python control flow, or list the offending "
+            "submodule in Task.ignored_layers."
+        ) from None
+
+
+def build_dependency_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tp.DependencyGraph:
+    """Torch-Pruning's dependency graph (it traces with autograd, so grad must be enabled)."""
+    with torch.enable_grad():
+        return tp.DependencyGraph().build_dependency(model, example_inputs=list(example_inputs))
+
+
+def _is_relu(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    if node.op == "call_function" and node.target in _RELU_FUNCS:
+        return True
+    if node.op == "call_method" and node.target in ("relu", "relu_"):
+        return True
+    return node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.ReLU)
+
+
+def _fused_activation(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> str | None:
+    """'relu' when the layer's output (through an optional BatchNorm) goes only to a ReLU."""
+    current = node
+    if len(current.users) == 1:
+        (user,) = current.users
+        if user.op == "call_module" and isinstance(modules.get(str(user.target)), nn.modules.batchnorm._BatchNorm):
+            current = user
+    if len(current.users) == 1:
+        (user,) = current.users
+        if _is_relu(user, modules):
+            return "relu"
+    return None
+
+
+def _feeds_output(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    seen, stack = set(), list(node.users)
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "output":
+            return True
+        if n.op == "call_module" and isinstance(modules.get(str(n.target)), LAYER_TYPES):
+            continue
+        stack.extend(n.users)
+    return False
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def build_inventory(
+    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ignored_layers: Iterable[str] = ()
+) -> LayerInventory:
+    """Find every Conv2d and Linear layer of ``model`` and group them by channel coupling."""
+    ignored = set(ignored_layers)
+    model = model.eval()
+    modules = dict(model.named_modules())
+    unknown = sorted(ignored - set(modules))
+    if unknown:
+        raise UserError(f"ignored_layers names modules the model does not have: {unknown}; use names from model.named_modules().")
+    gm = trace(model)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        shapes = [tuple(t.shape) for t in example_inputs]
+        raise UserError(
+            f"The model fails on its example inputs of shape {shapes} ({type(exc).__name__}: {first}); "
+            "give example_inputs the shape one deployment call uses."
+        ) from None
+    gm_modules = dict(gm.named_modules())
+
+    # Coupling groups from Torch-Pruning's dependency graph.
+    name_of = {m: n for n, m in model.named_modules()}
+    dg = build_dependency_graph(model, example_inputs)
+    out_group: dict[str, str] = {}
+    in_group: dict[str, str] = {}
+    groups: dict[str, Group] = {}
+    output_layers = set()
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm_modules.get(str(node.target)), LAYER_TYPES):
+            if _feeds_output(node, gm_modules):
+                output_layers.add(str(node.target))
+    for group in dg.get_all_groups(root_module_types=list(LAYER_TYPES)):
+        outs, ins = [], []
+        channels = len(group[0][1])
+        for dep, _idxs in group:
+            module = dep.target.module
+            if not isinstance(module, LAYER_TYPES):
+                continue
+            name = name_of[module]
+            fn = dep.handler
+            if fn in (tp.prune_conv_out_channels, tp.prune_linear_out_channels, tp.prune_depthwise_conv_out_channels):
+                outs.append(name)
+            elif fn in (tp.prune_conv_in_channels, tp.prune_linear_in_channels, tp.prune_depthwise_conv_in_channels):
+                ins.append(name)
+        if not outs:
+            continue
+        gname = outs[0]
+        outs, ins = sorted(set(outs)), sorted(set(ins))
+        reason = ""
+        if output_layers & set(outs):
+            reason = "produces the model output"
+        elif ignored & (set(outs) | set(ins)):
+            reason = "touches an ignored layer"
+        elif any(getattr(modules[n], "groups", 1) > 1 for n in outs + ins):
+            reason = "grouped convolution (pruned in a later release)"
+        groups[gname] = Group(gname, tuple(outs), tuple(ins), channels, prunable=not reason, reason=reason)
+        for n in outs:
+            out_group[n] = gname
+        for n in ins:
+            in_group[n] = gname
+
+    layers: dict[str, Layer] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        name = str(node.target)
+        module = gm_modules.get(name)
+        if not isinstance(module, LAYER_TYPES) or name in ignored:
+            continue
+        in_meta = node.args[0].meta.get("tensor_meta") if node.args else None
+        out_meta = node.meta.get("tensor_meta")
+        if in_meta is None or out_meta is None:
+            continue
+        in_shape, out_shape = tuple(in_meta.shape), tuple(out_meta.shape)
+        params = sum(p.numel() for p in module.parameters())
+        if isinstance(module, nn.Conv2d):
+            k, s, p = _pair(module.kernel_size), _pair(module.stride), _pair(module.padding)
+            macs = out_shape[0] * out_shape[2] * out_shape[3] * module.out_channels * (module.in_channels // module.groups) * k[0] * k[1]
+            layers[name] = Layer(
+                name, "conv", module.in_channels, module.out_channels, k, s, p, module.groups, in_shape, out_shape,
+                _fused_activation(node, gm_modules), 2 * macs, params, in_group.get(name), out_group.get(name),
+                name in output_layers,
+            )
+        else:
+            rows = int(torch.tensor(in_shape[:-1]).prod()) if len(in_shape) > 1 else 1
+            macs = rows * module.in_features * module.out_features
+            layers[name] = Layer(
+                name, "linear", module.in_features, module.out_features, (1, 1), (1, 1), (0, 0), 1, in_shape, out_shape,
+                _fused_activation(node, gm_modules), 2 * macs, params, in_group.get(name), out_group.get(name),
+                name in output_layers,
+            )
+    if not layers:
+        raise UserError("The model has no Conv2d or Linear layer that its example inputs reach; nothing to compress.")
+    return LayerInventory(layers=layers, groups=groups)

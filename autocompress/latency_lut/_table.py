@@ -1,0 +1,252 @@
+"""The latency lookup table: per-layer latencies measured on the target, summed and calibrated.
+
+A layer's entry is keyed by what the runtime executes: op, input shape, output channels,
+kernel, stride, padding, groups, the fused activation, the bit width and the rank. Each
+entry is measured as a small ONNX graph built by the very code that builds candidates
+(so it carries the same folding, QDQ placement and factorization) and timed on the target.
+
+Entries are measured on demand and kept: in the run's table and in a table shared by every
+run on the same target profile, so a second run on the same model measures nothing new.
+The per-layer sum misses what no policy changes (pooling, adds, runtime overhead) and what
+fuses across layers; a linear correction fitted to whole-model measurements covers both,
+and its data are kept with the table.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from autocompress._io import atomic_write_json, cache_dir
+from autocompress.errors import UserError
+from autocompress.inventory import Layer, LayerInventory
+from autocompress.latency_lut._backend import LatencyBackend, Measurement, profile_id
+from autocompress.latency_lut._onnx import feeds_for, to_onnx_bytes
+from autocompress.spaces import Policy, SearchSpace, kept_channels
+
+__all__ = ["Calibration", "LatencyTable", "LayerChoiceShape", "effective_layers"]
+
+SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class LayerChoiceShape:
+    """A layer as a policy leaves it: its shapes after pruning and its precision and rank."""
+
+    layer: Layer
+    in_channels: int
+    out_channels: int
+    bits: int
+    rank_ratio: float
+
+    @property
+    def key(self) -> str:
+        l = self.layer
+        shape = list(l.input_shape)
+        shape[1 if l.kind == "conv" else -1] = self.in_channels
+        return "|".join([
+            l.kind, "x".join(map(str, shape)), f"o{self.out_channels}", f"k{l.kernel_size[0]}x{l.kernel_size[1]}",
+            f"s{l.stride[0]}x{l.stride[1]}", f"p{l.padding[0]}x{l.padding[1]}", f"g{l.groups}",
+            f"a{l.activation or 'none'}", f"b{self.bits}", f"r{self.rank_ratio:g}",
+        ])
+
+
+def effective_layers(inventory: LayerInventory, policy: Policy, channel_multiple: int) -> list[LayerChoiceShape]:
+    kept: dict[str, int] = {
+        g.name: kept_channels(g.channels, policy.prune_ratio(g.name), channel_multiple) for g in inventory.groups.values()
+    }
+    out = []
+    for layer in inventory.layers.values():
+        c_in = kept[layer.in_group] if layer.in_group in kept and layer.groups == 1 else layer.in_channels
+        c_out = kept[layer.out_group] if layer.out_group in kept else layer.out_channels
+        out.append(LayerChoiceShape(layer, c_in, c_out, policy.bits_of(layer.name), policy.rank_ratio(layer.name)))
+    return out
+
+
+def _micro_model(choice: LayerChoiceShape, channel_multiple: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The single layer in its fused context, compressed exactly as a candidate would be."""
+    from autocompress import compress
+    from autocompress.inventory import build_inventory
+
+    l = choice.layer
+    if l.kind == "conv":
+        core: nn.Module = nn.Conv2d(choice.in_channels, choice.out_channels, l.kernel_size, l.stride, l.padding, groups=l.groups)
+        shape = (l.input_shape[0], choice.in_channels, *l.input_shape[2:])
+    else:
+        core = nn.Linear(choice.in_channels, choice.out_channels)
+        shape = (*l.input_shape[:-1], choice.in_channels)
+    model = nn.Sequential(core, nn.ReLU()) if l.activation == "relu" else nn.Sequential(core)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(shape, generator=gen)
+    if choice.bits == 32 and choice.rank_ratio >= 1.0:
+        return model.eval(), (x,)
+    inv = build_inventory(model, (x,))
+    policy = Policy(bits={"0": choice.bits} if choice.bits != 32 else {}, rank={"0": choice.rank_ratio} if choice.rank_ratio < 1 else {})
+    return compress.apply(model, inv, policy, (x,), [(x,)], channel_multiple=channel_multiple), (x,)
+
+
+@dataclass
+class Calibration:
+    """measured_us ~= scale * sum_of_layer_entries_us + offset_us, fitted on whole models."""
+
+    scale: float = 1.0
+    offset_us: float = 0.0
+    points: list[dict] = field(default_factory=list)  # {"policy": digest, "raw_us": ..., "measured_us": ...}
+
+    def apply(self, raw_us: float) -> float:
+        return self.scale * raw_us + self.offset_us
+
+    def fit(self) -> None:
+        if not self.points:
+            return
+        raw = np.array([p["raw_us"] for p in self.points])
+        meas = np.array([p["measured_us"] for p in self.points])
+        if len(self.points) >= 2 and np.ptp(raw) > 0:
+            scale, offset = np.polyfit(raw, meas, 1)
+            if scale > 0:
+                self.scale, self.offset_us = float(scale), float(offset)
+                return
+        self.scale, self.offset_us = float(np.median(meas / raw)), 0.0
+
+
+class LatencyTable:
+    """Per-layer latencies for one target profile; ``predict`` gives a whole model's latency.
+
+    Args:
+        path: The run's table file (JSON, written atomically).
+        backend: Measures missing entries on the target.
+        shared_path: A table reused across runs on the same profile (``None``: no sharing).
+    """
+
+    def __init__(self, path: Path, backend: LatencyBackend, shared_path: Path | None = None, channel_multiple: int = 8) -> None:
+        self.path = Path(path)
+        self.backend = backend
+        self.profile = backend.profile()
+        self.profile_id = profile_id(self.profile)
+        self.shared_path = shared_path
+        self.channel_multiple = channel_multiple
+        self.entries: dict[str, dict] = {}
+        self.calibrations: dict[str, Calibration] = {}
+        self.measured_now = 0
+        self.on_measure: Callable[[str], None] | None = None
+
+    @classmethod
+    def default_shared_path(cls, backend: LatencyBackend) -> Path:
+        return cache_dir() / "lut" / f"{backend.name}-{profile_id(backend.profile())}.json"
+
+    @classmethod
+    def open(
+        cls, path: Path, backend: LatencyBackend, shared_path: Path | None = None, allow_other_profile: bool = False, channel_multiple: int = 8
+    ) -> "LatencyTable":
+        table = cls(path, backend, shared_path, channel_multiple)
+        if shared_path is not None and Path(shared_path).is_file():
+            table._merge(Path(shared_path), allow_other_profile=True, take_calibrations=False)
+        if table.path.is_file():
+            table._merge(table.path, allow_other_profile=allow_other_profile, take_calibrations=True)
+        return table
+
+    def _merge(self, path: Path, allow_other_profile: bool, take_calibrations: bool) -> None:
+        try:
+            data = json.loads(path.read_text())
+            if data.get("schema") != SCHEMA or not isinstance(data.get("entries"), dict):
+                raise ValueError(f"schema {data.get('schema')!r}")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise UserError(
+                f"Latency table {str(path)!r} is unreadable or corrupted ({exc}); delete it to re-measure."
+            ) from None
+        if data.get("profile") != self.profile:
+            if not allow_other_profile:
+                raise UserError(
+                    f"Latency table {str(path)!r} was measured on another target ({_profile_diff(data.get('profile') or {}, self.profile)}); "
+                    "delete it, use another run directory, or pass --allow-other-profile to reuse it on purpose."
+                )
+            if path == self.shared_path:
+                return  # a shared table of another profile is simply not used
+        self.entries.update(data["entries"])
+        if take_calibrations:
+            for fp, c in (data.get("calibrations") or {}).items():
+                self.calibrations[fp] = Calibration(c["scale"], c["offset_us"], list(c.get("points", [])))
+
+    def to_dict(self, with_calibrations: bool = True) -> dict:
+        return {
+            "schema": SCHEMA,
+            "profile": self.profile,
+            "profile_id": self.profile_id,
+            "entries": self.entries,
+            "calibrations": {
+                fp: {"scale": c.scale, "offset_us": c.offset_us, "points": c.points} for fp, c in self.calibrations.items()
+            } if with_calibrations else {},
+        }
+
+    def save(self) -> None:
+        atomic_write_json(self.path, self.to_dict())
+        if self.shared_path is not None:
+            shared = {}
+            if Path(self.shared_path).is_file():
+                try:
+                    data = json.loads(Path(self.shared_path).read_text())
+                    if data.get("profile") == self.profile:
+                        shared = data.get("entries", {})
+                except (OSError, ValueError):
+                    shared = {}
+            merged = self.to_dict(with_calibrations=False)
+            merged["entries"] = {**shared, **self.entries}
+            atomic_write_json(self.shared_path, merged)
+
+    # -- measurement -------------------------------------------------------------------
+    def entry_us(self, choice: LayerChoiceShape) -> float:
+        key = choice.key
+        if key not in self.entries:
+            if self.on_measure is not None:
+                self.on_measure(key)
+            model, inputs = _micro_model(choice, self.channel_multiple)
+            m: Measurement = self.backend.measure(to_onnx_bytes(model, inputs), feeds_for(inputs))
+            self.entries[key] = m.to_dict()
+            self.measured_now += 1
+        return float(self.entries[key]["median_us"])
+
+    def raw_us(self, inventory: LayerInventory, policy: Policy) -> float:
+        """Plain sum of the layers' table entries (measuring what is missing)."""
+        return sum(self.entry_us(c) for c in effective_layers(inventory, policy, self.channel_multiple))
+
+    def predict_us(self, inventory: LayerInventory, policy: Policy) -> float:
+        """Calibrated whole-model latency of the candidate ``policy`` describes, in microseconds."""
+        raw = self.raw_us(inventory, policy)
+        calibration = self.calibrations.get(inventory.fingerprint)
+        return calibration.apply(raw) if calibration else raw
+
+    def is_calibrated(self, inventory: LayerInventory) -> bool:
+        return inventory.fingerprint in self.calibrations
+
+    def calibrate(
+        self,
+        inventory: LayerInventory,
+        space: SearchSpace,
+        measure_policy: Callable[[Policy], float],
+        n_random: int = 4,
+        seed: int = 0,
+        extra: Iterable[Policy] = (),
+    ) -> Calibration:
+        """Fit the whole-model correction on the baseline, the most aggressive policy and a
+        few random ones; ``measure_policy`` builds, exports and times a policy (in us)."""
+        rng = random.Random(seed)
+        policies = [space.baseline(), space.extreme(), *extra, *(space.sample(rng) for _ in range(n_random))]
+        calibration = Calibration()
+        for policy in policies:
+            raw = self.raw_us(inventory, policy)
+            calibration.points.append({"policy": policy.digest, "raw_us": raw, "measured_us": float(measure_policy(policy))})
+        calibration.fit()
+        self.calibrations[inventory.fingerprint] = calibration
+        return calibration
+
+
+def _profile_diff(a: Mapping, b: Mapping) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in keys[:3]) or "unknown difference"

@@ -1,0 +1,208 @@
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from autocompress.inventory import Layer, LayerInventory
+
+__all__ = ["BITS_CHOICES", "Policy", "SearchSpace", "SpaceConfig", "build_space", "kept_channels"]
+
+BITS_CHOICES = (32, 8)  # fp32 and int8 (weights per channel, activations per tensor)
+FULL_RANK = 1.0
+
+
+def kept_channels(channels: int, prune_ratio: float, multiple: int) -> int:
+    """Channels left after pruning ``prune_ratio`` of ``channels``, rounded to ``multiple``.
+
+    Rounding to a multiple keeps shapes on the fast paths of real kernels; at least one
+    multiple (or all channels, if fewer) is always kept.
+    """
+    if not 0.0 <= prune_ratio < 1.0:
+        raise ValueError(f"`prune_ratio` must be in [0, 1), but got {prune_ratio!r}.")
+    if channels <= multiple:
+        return channels
+    kept = round(channels * (1.0 - prune_ratio) / multiple) * multiple
+    return int(min(channels, max(multiple, kept)))
+
+
+def rank_for(layer_in: int, layer_out: int, ratio: float, multiple: int) -> int:
+    """Rank used for a factorized layer: ``ratio`` of min(in, out), rounded to ``multiple``."""
+    base = min(layer_in, layer_out)
+    return int(max(min(multiple, base), round(base * ratio / multiple) * multiple))
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """Which choices the search may make. Ratios are fractions of the original width."""
+
+    prune_ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+    bits: tuple[int, ...] = (32, 8)
+    rank_ratios: tuple[float, ...] = (1.0, 0.5, 0.25)
+    channel_multiple: int = 8
+
+    def __post_init__(self) -> None:
+        for r in self.prune_ratios:
+            if not 0.0 <= r < 1.0:
+                raise ValueError(f"prune ratios must be in [0, 1), but got {r!r}.")
+        for b in self.bits:
+            if b not in BITS_CHOICES:
+                raise ValueError(f"bit widths must be among {list(BITS_CHOICES)}, but got {b!r}.")
+        for r in self.rank_ratios:
+            if not 0.0 < r <= 1.0:
+                raise ValueError(f"rank ratios must be in (0, 1], but got {r!r}.")
+        if self.channel_multiple < 1:
+            raise ValueError(f"`channel_multiple` must be >= 1, but got {self.channel_multiple!r}.")
+        if not self.prune_ratios or not self.bits or not self.rank_ratios:
+            raise ValueError("prune ratios, bits and rank ratios each need at least one value.")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One candidate: pruning ratio per group, bit width and rank ratio per layer.
+
+    Groups and layers absent from the mappings are left as they are (ratio 0, fp32, full
+    rank). ``digest`` is stable across processes, for caching and de-duplication.
+    """
+
+    prune: Mapping[str, float] = field(default_factory=dict)
+    bits: Mapping[str, int] = field(default_factory=dict)
+    rank: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Freeze canonical, sorted copies so equal policies compare and hash equal.
+        object.__setattr__(self, "prune", dict(sorted((k, float(v)) for k, v in self.prune.items())))
+        object.__setattr__(self, "bits", dict(sorted((k, int(v)) for k, v in self.bits.items())))
+        object.__setattr__(self, "rank", dict(sorted((k, float(v)) for k, v in self.rank.items())))
+
+    def prune_ratio(self, group: str | None) -> float:
+        return self.prune.get(group, 0.0) if group else 0.0
+
+    def bits_of(self, layer: str) -> int:
+        return self.bits.get(layer, 32)
+
+    def rank_ratio(self, layer: str) -> float:
+        return self.rank.get(layer, FULL_RANK)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prune": dict(self.prune), "bits": dict(self.bits), "rank": dict(self.rank)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
+        unknown = set(data) - {"prune", "bits", "rank"}
+        if unknown:
+            raise ValueError(f"unknown policy keys {sorted(unknown)}; valid keys are ['bits', 'prune', 'rank'].")
+        return cls(dict(data.get("prune", {})), dict(data.get("bits", {})), dict(data.get("rank", {})))
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Policy) and self.to_dict() == other.to_dict()
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Discrete domains, one per searchable dimension, named ``prune/<group>``,
+    ``bits/<layer>`` and ``rank/<layer>`` (the flat form searchers see)."""
+
+    inventory: LayerInventory
+    config: SpaceConfig
+    domains: Mapping[str, tuple]
+
+    def to_params(self, policy: Policy) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name in self.domains:
+            kind, target = name.split("/", 1)
+            if kind == "prune":
+                params[name] = policy.prune_ratio(target)
+            elif kind == "bits":
+                params[name] = policy.bits_of(target)
+            else:
+                params[name] = policy.rank_ratio(target)
+        return params
+
+    def from_params(self, params: Mapping[str, Any]) -> Policy:
+        prune, bits, rank = {}, {}, {}
+        for name, domain in self.domains.items():
+            if name not in params:
+                raise KeyError(f"parameter {name!r} missing; a policy needs every dimension of the space.")
+            value = params[name]
+            if value not in domain:
+                raise ValueError(f"{name} = {value!r} is outside its domain {list(domain)}.")
+            kind, target = name.split("/", 1)
+            if kind == "prune" and value:
+                prune[target] = value
+            elif kind == "bits" and value != 32:
+                bits[target] = value
+            elif kind == "rank" and value != FULL_RANK:
+                rank[target] = value
+        return Policy(prune, bits, rank)
+
+    def sample(self, rng: random.Random) -> Policy:
+        return self.from_params({n: rng.choice(d) for n, d in self.domains.items()})
+
+    def baseline(self) -> Policy:
+        return Policy()
+
+    def extreme(self) -> Policy:
+        """Most aggressive choice everywhere: highest pruning, fewest bits, lowest rank."""
+        params = {n: (max(d) if n.startswith("prune/") else min(d)) for n, d in self.domains.items()}
+        return self.from_params(params)
+
+    def contains(self, policy: Policy) -> bool:
+        try:
+            return self.from_params(self.to_params(policy)) == policy
+        except (KeyError, ValueError):
+            return False
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.domains.values():
+            n *= len(d)
+        return n
+
+
+def _rank_choices(layer: Layer, config: SpaceConfig) -> tuple[float, ...]:
+    """Rank ratios that cut the layer's FLOPs by at least a quarter at full width."""
+    if layer.groups != 1 or min(layer.in_channels, layer.out_channels) < 2 * config.channel_multiple:
+        return (FULL_RANK,)
+    kh, kw = layer.kernel_size
+    choices = [FULL_RANK]
+    for ratio in sorted(set(config.rank_ratios) - {FULL_RANK}, reverse=True):
+        r = rank_for(layer.in_channels, layer.out_channels, ratio, config.channel_multiple)
+        if layer.kind == "conv" and kh > 1 and kw > 1:
+            cost = kh * layer.in_channels * r + kw * r * layer.out_channels  # spatial SVD kx1 then 1xk
+            full = kh * kw * layer.in_channels * layer.out_channels
+        else:
+            cost = r * (layer.in_channels + layer.out_channels)
+            full = layer.in_channels * layer.out_channels
+        if cost <= 0.75 * full:
+            choices.append(ratio)
+    return tuple(choices)
+
+
+def build_space(inventory: LayerInventory, config: SpaceConfig = SpaceConfig()) -> SearchSpace:
+    domains: dict[str, tuple] = {}
+    for group in inventory.prunable_groups():
+        counts: dict[int, float] = {}
+        for ratio in sorted(config.prune_ratios):
+            counts.setdefault(kept_channels(group.channels, ratio, config.channel_multiple), ratio)
+        if len(counts) > 1:
+            domains[f"prune/{group.name}"] = tuple(sorted(counts.values()))
+    for layer in inventory.layers.values():
+        if len(config.bits) > 1:
+            domains[f"bits/{layer.name}"] = tuple(sorted(config.bits, reverse=True))
+        ranks = _rank_choices(layer, config)
+        if len(ranks) > 1:
+            domains[f"rank/{layer.name}"] = ranks
+    if not domains:
+        raise ValueError("the search space is empty: no prunable group, bit width or rank choice applies to this model.")
+    return SearchSpace(inventory, config, domains)

@@ -1,0 +1,379 @@
+"""run_search(): the one place that wires the stages of a search together.
+
+task -> inventory -> space -> latency table (measured, calibrated) -> baseline and budget
+-> loop(ask -> predict -> [infeasible: tell] -> compress -> distill -> evaluate -> export
+and verify -> tell) -> Pareto front -> engines, pareto.json, report.html.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from autocompress import compress
+from autocompress._io import atomic_write_json, read_json
+from autocompress.budget import parse_budget
+from autocompress.errors import UserError
+from autocompress.evaluators import DistillConfig, distill, evaluate
+from autocompress.export import export_engine
+from autocompress.inventory import build_inventory
+from autocompress.latency_lut import LatencyTable, OrtCpuBackend, feeds_for, to_onnx_bytes
+from autocompress.report import pareto_front, write_report
+from autocompress.search import SAMPLERS, OptunaSearcher, Outcome
+from autocompress.spaces import Policy, SpaceConfig, build_space
+from autocompress.task import Task, as_input_tuple, load_task
+
+__all__ = ["SearchConfig", "RunResult", "run_search"]
+
+SCHEMA = 1
+BUDGET_NOISE = 1.05  # measured latency may exceed the budget by this factor (timing noise)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    task: str = "demo"
+    latency_budget: str = "0.5x"
+    trials: int = 20
+    run_dir: str = "runs/demo"
+    searcher: str = "tpe"
+    seed: int = 0
+    distill: DistillConfig = DistillConfig()
+    space: SpaceConfig = SpaceConfig()
+    threads: int = 1
+    calibration_batches: int = 4
+    max_proposals_per_trial: int = 50
+    share_table: bool = True
+    allow_other_profile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise UserError(f"--trials must be at least 1, but got {self.trials}.")
+        if self.searcher not in SAMPLERS:
+            raise UserError(f"Unknown searcher {self.searcher!r}; choose one of {list(SAMPLERS)}.")
+        if self.threads < 1:
+            raise UserError(f"--threads must be at least 1, but got {self.threads}.")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    baseline_ms: float
+    baseline_metric: float
+    budget_ms: float
+    front: list[dict] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+    import optuna
+    import torch_pruning
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__, "optuna": optuna.__version__, "torch_pruning": torch_pruning.__version__,
+    }
+
+
+def _summarize_policy(policy: Policy, n_layers: int) -> str:
+    int8 = sum(1 for b in policy.bits.values() if b == 8)
+    pruned = [r for r in policy.prune.values() if r > 0]
+    mean = (sum(pruned) / len(pruned)) if pruned else 0.0
+    return f"int8 {int8}/{n_layers}, prune {len(pruned)}g~{mean:.0%}, rank {len(policy.rank)}"
+
+
+def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | None:
+    manifest = run_dir / "run.json"
+    if not manifest.is_file():
+        return None
+    try:
+        previous = read_json(manifest)
+    except (OSError, ValueError):
+        raise UserError(f"{manifest} is unreadable; choose a new --run-dir or delete that folder.") from None
+    if previous.get("task_fingerprint") != task.fingerprint or previous.get("task") != task.name:
+        raise UserError(
+            f"Run directory {str(run_dir)!r} holds a run of task {previous.get('task')!r} with other weights or data; "
+            "choose a new --run-dir to start a new search."
+        )
+    if previous.get("config", {}).get("latency_budget") != config.latency_budget:
+        raise UserError(
+            f"Run directory {str(run_dir)!r} was searched with budget {previous['config'].get('latency_budget')!r}, "
+            f"not {config.latency_budget!r}; use a new --run-dir for another budget."
+        )
+    return previous
+
+
+def run_search(config: SearchConfig, console: Console | None = None, task: Task | None = None) -> RunResult:
+    console = console or Console(stderr=False)
+    budget = parse_budget(config.latency_budget)
+    run_dir = Path(config.run_dir)
+    t_start = time.perf_counter()
+    torch.manual_seed(config.seed)
+
+    # 1. Task, inventory, space.
+    task = task or load_task(config.task)
+    inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)
+    try:
+        space = build_space(inventory, config.space)
+    except ValueError as exc:
+        raise UserError(f"{exc} Widen the space (--prune-ratios, --bits, --rank-ratios).") from None
+    previous = _check_run_dir(run_dir, task, config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    console.print(
+        f"[bold]{task.name}[/]: {len(inventory.layers)} layers in {len(inventory.groups)} coupling groups, "
+        f"{len(space.domains)} search dimensions ({space.size:.3g} policies)"
+    )
+
+    # 2. Target, baseline, budget.
+    backend = OrtCpuBackend(threads=config.threads)
+    shared = LatencyTable.default_shared_path(backend) if config.share_table else None
+    table = LatencyTable.open(
+        run_dir / "latency_table.json", backend, shared, config.allow_other_profile, config.space.channel_multiple
+    )
+    example = task.example_inputs
+    feeds = feeds_for(example)
+    baseline_ms = backend.measure(to_onnx_bytes(task.model, example, dynamic_batch=True), feeds).median_us / 1000
+    baseline_metric = evaluate(task.model, task.eval_loader, task.metric)
+    budget_ms = budget.resolve(baseline_ms)
+    console.print(
+        f"Original model: {task.metric_name} {baseline_metric:.4f}, {baseline_ms:.3f} ms "
+        f"(ONNX Runtime CPU, {config.threads} thread(s), batch {example[0].shape[0]})"
+    )
+    console.print(f"Latency budget: [bold]{budget_ms:.3f} ms[/] ({config.latency_budget})")
+
+    calib_batches: list[tuple[torch.Tensor, ...]] = []
+    for inputs, _ in task.train_loader:
+        calib_batches.append(as_input_tuple(inputs))
+        if len(calib_batches) >= config.calibration_batches:
+            break
+    check_batches = [next(iter(task.eval_loader))]
+
+    def measure_policy(policy: Policy) -> float:
+        student = compress.apply(task.model, inventory, policy, example, calib_batches, config.space.channel_multiple)
+        return backend.measure(to_onnx_bytes(student, example, dynamic_batch=True), feeds).median_us
+
+    # 3. Latency table: measured on the target, calibrated on whole models.
+    t0 = time.perf_counter()
+    with console.status("Measuring the latency table on the target ..."):
+        if not table.is_calibrated(inventory):
+            table.calibrate(inventory, space, measure_policy, seed=config.seed)
+        fastest_ms = table.predict_us(inventory, space.extreme()) / 1000
+    table.save()
+    cal = table.calibrations[inventory.fingerprint]
+    console.print(
+        f"Latency table: {len(table.entries)} entries ({table.measured_now} measured now, {time.perf_counter() - t0:.1f} s); "
+        f"calibration {cal.scale:.3f} x sum + {cal.offset_us:.0f} us on {len(cal.points)} whole models"
+    )
+    if budget_ms < fastest_ms:
+        raise UserError(
+            f"The budget {budget_ms:.3f} ms is below the fastest latency this search space reaches "
+            f"({fastest_ms:.3f} ms predicted for its most aggressive policy); raise --latency-budget or widen the space."
+        )
+
+    manifest = {
+        "schema": SCHEMA,
+        "task": task.name,
+        "task_spec": config.task,
+        "task_fingerprint": task.fingerprint,
+        "inventory_fingerprint": inventory.fingerprint,
+        "config": {**asdict(config), "distill": asdict(config.distill), "space": asdict(config.space)},
+        "metric_name": task.metric_name,
+        "higher_is_better": task.higher_is_better,
+        "baseline": {"latency_ms": baseline_ms, "metric": baseline_metric},
+        "budget_ms": budget_ms,
+        "profile": table.profile,
+        "versions": _versions(),
+        "command": sys.argv,
+        "created": (previous or {}).get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_json(run_dir / "run.json", manifest)
+
+    # 4. The search loop.
+    storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    searcher = OptunaSearcher.create(space, storage, "autocompress", config.searcher, config.seed, task.higher_is_better)
+    interrupted = searcher.abandon_running()
+    if interrupted:
+        console.print(f"Marked {interrupted} interrupted trial(s) of the previous process as failed.")
+    completed = [t for t in searcher.study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "completed"]
+    seen: dict[str, dict] = {t.user_attrs["digest"]: t.user_attrs for t in completed}
+    if completed:
+        console.print(f"Resuming: {len(completed)} completed trial(s) kept.")
+    sign = 1.0 if task.higher_is_better else -1.0
+    best: float | None = max((sign * t.user_attrs["metric"] for t in completed), default=None)
+    n_done = len(completed)
+    proposals = 0
+    max_proposals = config.max_proposals_per_trial * config.trials
+    engines_dir = run_dir / "engines"
+
+    progress = Progress(
+        TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(), TextColumn("best under budget: {task.fields[best]}"),
+        TextColumn("rejected by table: {task.fields[rejected]}"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+        console=console, transient=False,
+    )
+    rejected = 0
+    with progress:
+        bar = progress.add_task("search", total=config.trials, completed=n_done, best="-", rejected=0)
+        while n_done < config.trials and proposals < max_proposals:
+            proposals += 1
+            trial_id, policy = searcher.ask()  # type: ignore[misc]
+            t_trial = time.perf_counter()
+            predicted_ms = table.predict_us(inventory, policy) / 1000
+            attrs: dict[str, Any] = {"policy": policy.to_dict(), "digest": policy.digest, "predicted_ms": predicted_ms}
+            if predicted_ms > budget_ms:
+                rejected += 1
+                searcher.record(trial_id, {**attrs, "predict_s": time.perf_counter() - t_trial})
+                searcher.tell(trial_id, Outcome("infeasible", constraint=predicted_ms - budget_ms))
+                progress.update(bar, rejected=rejected)
+                continue
+            if policy.digest in seen:  # the sampler repeated itself: reuse, do not fine-tune again
+                prev = seen[policy.digest]
+                searcher.record(trial_id, {**attrs, "duplicate_of": prev.get("trial"), "measured_ms": prev.get("measured_ms")})
+                searcher.tell(trial_id, Outcome("completed", prev["metric"], predicted_ms, predicted_ms - budget_ms))
+                continue
+            try:
+                torch.manual_seed(config.seed * 100003 + trial_id)
+                t0 = time.perf_counter()
+                student = compress.apply(task.model, inventory, policy, example, calib_batches, config.space.channel_multiple)
+                losses = distill(student, task.model, task.train_loader, config.distill)
+                t_ft = time.perf_counter() - t0
+                metric = evaluate(student, task.eval_loader, task.metric)
+                engine = export_engine(
+                    student, example, engines_dir / f"trial-{trial_id:04d}.onnx", backend, check_batches,
+                    task.metric, task.eval_loader,
+                )
+            except Exception as exc:  # one trial's failure must not end the search
+                reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                searcher.record(trial_id, attrs)
+                searcher.tell(trial_id, Outcome("failed", reason=reason))
+                console.print(f"  trial {trial_id} failed: {reason}")
+                continue
+            attrs.update({
+                "trial": trial_id, "metric": metric, "measured_ms": engine.latency_us / 1000,
+                "size_bytes": engine.size_bytes, "engine": engine.to_dict(),
+                "final_loss": losses[-1] if losses else None, "finetune_s": t_ft, "trial_s": time.perf_counter() - t_trial,
+                "summary": _summarize_policy(policy, len(inventory.layers)),
+            })
+            searcher.record(trial_id, attrs)
+            searcher.tell(trial_id, Outcome("completed", metric, predicted_ms, predicted_ms - budget_ms))
+            seen[policy.digest] = attrs
+            n_done += 1
+            if engine.latency_us / 1000 <= budget_ms * BUDGET_NOISE and (best is None or sign * metric > best):
+                best = sign * metric
+            progress.update(bar, advance=1, best=f"{sign * best:.4f}" if best is not None else "-")
+            flag = "" if engine.ok else f" [red]engine check failed: {'; '.join(engine.problems)}[/]"
+            console.print(
+                f"  trial {trial_id:>3}: {task.metric_name} {metric:.4f}  predicted {predicted_ms:.3f} ms  "
+                f"measured {engine.latency_us / 1000:.3f} ms  ({attrs['summary']}, {attrs['trial_s']:.0f} s){flag}"
+            )
+    table.save()
+    if n_done < config.trials:
+        console.print(
+            f"[yellow]Stopped after {proposals} proposals with {n_done} of {config.trials} trials fine-tuned: "
+            "most proposals were over budget or failed. Raise the budget or widen the space.[/]"
+        )
+
+    # 5. The front: re-measure candidates interleaved with the baseline, keep those within budget.
+    teacher_bytes = to_onnx_bytes(task.model, example, dynamic_batch=True)
+    result = finalize_run(run_dir, task.metric_name, console, backend, feeds, teacher_bytes)
+    console.print(f"Done in {time.perf_counter() - t_start:.0f} s: {result.counts}")
+    return result
+
+
+def _load_trials(run_dir: Path) -> tuple[Any, list[dict]]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    study = optuna.load_study(study_name="autocompress", storage=storage)
+    trials = []
+    for t in study.get_trials(deepcopy=False):
+        a = dict(t.user_attrs)
+        a["number"] = t.number
+        a["state"] = t.state.name
+        trials.append(a)
+    return study, trials
+
+
+def finalize_run(run_dir: Path, task_metric_name: str, console: Console, backend: OrtCpuBackend, feeds: dict, teacher_bytes: bytes) -> RunResult:
+    manifest = read_json(run_dir / "run.json")
+    _, trials = _load_trials(run_dir)
+    budget_ms = manifest["budget_ms"]
+    higher = manifest["higher_is_better"]
+    done = [t for t in trials if t.get("status") == "completed" and "engine" in t and t["engine"].get("ok")]
+    counts = {
+        "completed": sum(1 for t in trials if t.get("status") == "completed" and "duplicate_of" not in t),
+        "infeasible": sum(1 for t in trials if t.get("status") == "infeasible"),
+        "failed": sum(1 for t in trials if t.get("status") == "failed"),
+        "duplicates": sum(1 for t in trials if "duplicate_of" in t),
+    }
+    candidates = pareto_front(
+        [t for t in done if t["measured_ms"] <= budget_ms * 1.25], lambda t: t["metric"], lambda t: t["measured_ms"], higher
+    )
+    if candidates:  # re-time interleaved with the original model, so drift hits all alike
+        timings = backend.measure_many([(teacher_bytes, feeds)] + [(Path(t["engine"]["path"]), feeds) for t in candidates], rounds=5)
+        for t, m in zip(candidates, timings[1:]):
+            t["first_measured_ms"] = t["measured_ms"]
+            t["measured_ms"] = m.median_us / 1000
+            t["speedup_vs_original_same_round"] = timings[0].median_us / m.median_us
+    within = [t for t in candidates if t["measured_ms"] <= budget_ms * BUDGET_NOISE]
+    front = pareto_front(within, lambda t: t["metric"], lambda t: t["measured_ms"], higher)
+    errors = [t["predicted_ms"] / t["measured_ms"] - 1 for t in done if t.get("measured_ms")]
+    fidelity = {}
+    if errors:
+        import numpy as np
+
+        abs_err = np.abs(errors)
+        fidelity = {
+            "candidates": len(errors),
+            "median_abs_error": float(np.median(abs_err)),
+            "within_10pct": float(np.mean(abs_err <= 0.10)),
+            "within_5pct": float(np.mean(abs_err <= 0.05)),
+        }
+    members = []
+    for t in front:
+        members.append({
+            "trial": t["number"], "number": t["number"], "policy": t["policy"], "metric": t["metric"],
+            "predicted_ms": t["predicted_ms"], "measured_ms": t["measured_ms"], "size_bytes": t["size_bytes"],
+            "first_measured_ms": t.get("first_measured_ms"), "speedup": t.get("speedup_vs_original_same_round"),
+            "engine": t["engine"], "engine_path": t["engine"]["path"], "summary": t.get("summary", ""),
+        })
+    summary = {
+        "run": str(run_dir), "task": manifest["task"], "metric_name": manifest["metric_name"],
+        "higher_is_better": higher, "baseline": manifest["baseline"], "budget": manifest["config"]["latency_budget"],
+        "budget_ms": budget_ms, "profile": manifest["profile"], "counts": counts, "fidelity": fidelity,
+    }
+    atomic_write_json(run_dir / "pareto.json", {"schema": SCHEMA, **summary, "members": members})
+    report = write_report(run_dir / "report.html", summary, [t for t in done], members)
+
+    base = manifest["baseline"]
+    table = Table(title=f"Pareto front (budget {budget_ms:.3f} ms)")
+    for col in ("trial", task_metric_name, "vs original", "predicted ms", "measured ms", "speedup", "KiB", "policy"):
+        table.add_column(col, justify="right" if col != "policy" else "left", overflow="fold")
+    for m in members:
+        table.add_row(
+            str(m["trial"]), f"{m['metric']:.4f}", f"{m['metric'] - base['metric']:+.4f}", f"{m['predicted_ms']:.3f}",
+            f"{m['measured_ms']:.3f}", f"{m['speedup']:.2f}x", f"{m['size_bytes'] / 1024:.0f}", m["summary"],
+        )
+    console.print(table)
+    if not members:
+        console.print("[yellow]No fine-tuned candidate measured within the budget.[/]")
+    if fidelity:
+        console.print(
+            f"Latency table on this run's {fidelity['candidates']} exported candidates: median |error| "
+            f"{fidelity['median_abs_error']:.1%}, within ±10%: {fidelity['within_10pct']:.0%}"
+        )
+    console.print(f"Report: [bold]{report}[/]   Front: {run_dir / 'pareto.json'}")
+    return RunResult(run_dir, base["latency_ms"], base["metric"], budget_ms, members, counts)

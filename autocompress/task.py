@@ -1,0 +1,133 @@
+"""A compression task: the model to compress, its inputs, data and metric.
+
+A task is built by a function that returns :class:`Task`. Built-in tasks are named
+(``demo``); user tasks are given as ``path/to/file.py:build`` or ``package.module:build``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from autocompress.errors import UserError
+
+__all__ = ["Task", "load_task", "BUILTIN_TASKS", "as_input_tuple"]
+
+Batch = tuple  # (inputs, targets); inputs is a Tensor or a tuple of Tensors
+
+
+@dataclass
+class Task:
+    """Everything a search needs to know about one model and its job.
+
+    Attributes:
+        name: Short identifier, recorded with every run.
+        model: The trained model to compress (the distillation teacher). Never mutated.
+        example_inputs: Inputs of one call at the deployment batch size; latency is
+            measured at exactly these shapes.
+        train_loader: Iterable of ``(inputs, targets)`` used for distillation (targets unused
+            by pure distillation) and for calibrating int8 activation ranges.
+        eval_loader: Iterable of ``(inputs, targets)`` on which the metric is computed.
+        metric: ``metric(outputs, targets) -> float`` over the concatenated eval outputs.
+        metric_name: Shown in reports.
+        higher_is_better: Direction of the metric.
+        ignored_layers: Names of modules the search must leave untouched.
+        fingerprint: Identifies the model weights and data, so a run directory can refuse
+            a different task.
+    """
+
+    name: str
+    model: nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    train_loader: Iterable[Batch]
+    eval_loader: Iterable[Batch]
+    metric: Callable[[torch.Tensor, torch.Tensor], float]
+    metric_name: str = "accuracy"
+    higher_is_better: bool = True
+    ignored_layers: Sequence[str] = field(default_factory=tuple)
+    fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, nn.Module):
+            raise UserError(
+                f"Task {self.name!r}: `model` must be a torch.nn.Module, but got "
+                f"{type(self.model).__name__}; return the module itself from the build function."
+            )
+        self.example_inputs = as_input_tuple(self.example_inputs)
+        if not self.example_inputs or not all(isinstance(t, torch.Tensor) for t in self.example_inputs):
+            raise UserError(
+                f"Task {self.name!r}: `example_inputs` must be a Tensor or a tuple of Tensors "
+                "(one call of the model at the deployment batch size)."
+            )
+        if not callable(self.metric):
+            raise UserError(f"Task {self.name!r}: `metric` must be callable as metric(outputs, targets).")
+        self.model.eval()
+
+
+def as_input_tuple(inputs: object) -> tuple:
+    """Normalise model inputs to a tuple (a single Tensor becomes a 1-tuple)."""
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,)
+    if isinstance(inputs, list):
+        return tuple(inputs)
+    return inputs  # type: ignore[return-value]
+
+
+def _builtin_demo(**kwargs: object) -> Task:
+    from autocompress.tasks.demo import build_demo_task
+
+    return build_demo_task(**kwargs)  # type: ignore[arg-type]
+
+
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"demo": _builtin_demo}
+
+
+def load_task(spec: str) -> Task:
+    """Build the task named by ``spec``.
+
+    ``spec`` is a built-in name (see :data:`BUILTIN_TASKS`), ``path/to/file.py:function``
+    or ``package.module:function``; the function is called without arguments.
+    """
+    if spec in BUILTIN_TASKS:
+        return BUILTIN_TASKS[spec]()
+    if ":" not in spec:
+        raise UserError(
+            f"Unknown task {spec!r}: use a built-in task ({', '.join(sorted(BUILTIN_TASKS))}), "
+            "'path/to/file.py:build' or 'package.module:build'."
+        )
+    where, func_name = spec.rsplit(":", 1)
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise UserError(f"Task file {str(path)!r} does not exist; check the path in --task {spec!r}.")
+        module_name = f"_autocompress_user_task_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise UserError(f"Cannot import task file {str(path)!r}; it must be a Python source file.")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as exc:
+            raise UserError(
+                f"Cannot import module {where!r} for --task {spec!r} ({exc}); install it or give a file path."
+            ) from None
+    build = getattr(module, func_name, None)
+    if not callable(build):
+        raise UserError(f"{where!r} has no function {func_name!r}; --task must name a function returning Task.")
+    task = build()
+    if not isinstance(task, Task):
+        raise UserError(
+            f"{spec!r} returned {type(task).__name__}, not autocompress.Task; "
+            "return Task(name=..., model=..., example_inputs=..., ...)."
+        )
+    return task
