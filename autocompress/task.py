@@ -124,7 +124,13 @@ def load_task(spec: str) -> Task:
     build = getattr(module, func_name, None)
     if not callable(build):
         raise UserError(f"{where!r} has no function {func_name!r}; --task must name a function returning Task.")
-    task = build()
+    try:
+        task = build()
+    except UserError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"The task function {spec!r} raised {type(exc).__name__}: {first}; fix the task's build function.") from None
     if not isinstance(task, Task):
         raise UserError(
             f"{spec!r} returned {type(task).__name__}, not autocompress.Task; "

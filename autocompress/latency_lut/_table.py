@@ -108,12 +108,14 @@ class Calibration:
             return
         raw = np.array([p["raw_us"] for p in self.points])
         meas = np.array([p["measured_us"] for p in self.points])
-        if len(self.points) >= 2 and np.ptp(raw) > 0:
+        ratio = float(np.median(meas / raw))
+        if len(self.points) >= 3 and np.ptp(raw) > 0.2 * np.median(raw):
             scale, offset = np.polyfit(raw, meas, 1)
-            if scale > 0:
+            # A slope far from the plain ratio means the points are noise, not a trend.
+            if 0.5 * ratio <= scale <= 2.0 * ratio:
                 self.scale, self.offset_us = float(scale), float(offset)
                 return
-        self.scale, self.offset_us = float(np.median(meas / raw)), 0.0
+        self.scale, self.offset_us = ratio, 0.0
 
 
 class LatencyTable:
@@ -221,6 +223,29 @@ class LatencyTable:
         raw = self.raw_us(inventory, policy)
         calibration = self.calibrations.get(inventory.fingerprint)
         return calibration.apply(raw) if calibration else raw
+
+    def fastest(self, inventory: LayerInventory, space: SearchSpace, passes: int = 2) -> tuple[Policy, float]:
+        """The fastest policy the space offers by the table, and its predicted latency (us).
+
+        Latency is not monotone in the choices (int8 on a few channels can be slower than
+        fp32), so the most aggressive policy is only the start of a coordinate descent
+        that tries every value of every dimension against the table.
+        """
+        params = space.to_params(space.extreme())
+        best = self.predict_us(inventory, space.from_params(params))
+        for _ in range(passes):
+            improved = False
+            for name, domain in space.domains.items():
+                for value in domain:
+                    if value == params[name]:
+                        continue
+                    trial = {**params, name: value}
+                    us = self.predict_us(inventory, space.from_params(trial))
+                    if us < best:
+                        params, best, improved = trial, us, True
+            if not improved:
+                break
+        return space.from_params(params), best
 
     def is_calibrated(self, inventory: LayerInventory) -> bool:
         return inventory.fingerprint in self.calibrations

@@ -1,0 +1,29 @@
+# Two set-up commands: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# A real search on the built-in task: MNIST digits, a ResNet, half the original latency.
+demo: $(STAMP)
+	$(VENV)/bin/autocompress search --task demo --latency-budget 0.5x --trials 20 --run-dir runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# Including the slow end-to-end tests.
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ''
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache

@@ -1,0 +1,85 @@
+"""Shared fixtures: small seeded models, their inventories, and an isolated cache folder."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress.inventory import LayerInventory, build_inventory
+from autocompress.tasks.models import DemoResNet
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Every test writes its cache (teachers, shared latency tables) under a temporary folder."""
+    root = tmp_path_factory.mktemp("autocompress-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AUTOCOMPRESS_CACHE", str(root))
+        yield root
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial affine parameters and running statistics, as a trained
+    model has (a fresh BatchNorm is the identity in eval mode, which hides folding mistakes)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                m.bias.copy_(0.4 * torch.rand(n, generator=gen) - 0.2)
+                m.running_mean.copy_(0.4 * torch.rand(n, generator=gen) - 0.2)
+                m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
+    return model
+
+
+def make_resnet(width: int = 8, seed: int = 0) -> nn.Module:
+    """A seeded DemoResNet in eval mode with realistic BatchNorm statistics."""
+    torch.manual_seed(seed)
+    return randomize_batchnorm(DemoResNet(width=width), seed).eval()
+
+
+def make_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+
+
+@pytest.fixture(scope="session")
+def resnet_factory() -> Callable[..., nn.Module]:
+    return make_resnet
+
+
+@pytest.fixture
+def resnet() -> nn.Module:
+    return make_resnet(8)
+
+
+@pytest.fixture
+def resnet_input() -> torch.Tensor:
+    return torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def resnet_inventory() -> LayerInventory:
+    """Inventory of DemoResNet(width=8) (architecture only: valid for every seed)."""
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    return build_inventory(make_resnet(8), (x,))
+
+
+@pytest.fixture
+def mlp() -> nn.Module:
+    return make_mlp()
+
+
+@pytest.fixture
+def mlp_input() -> torch.Tensor:
+    return torch.randn(1, 16, generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(scope="session")
+def mlp_inventory() -> LayerInventory:
+    x = torch.randn(1, 16, generator=torch.Generator().manual_seed(2))
+    return build_inventory(make_mlp(), (x,))

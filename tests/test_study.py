@@ -1,0 +1,109 @@
+"""A real search on a tiny task: every stage runs, and the run directory holds what it promises."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from autocompress.evaluators import DistillConfig
+from autocompress.spaces import SpaceConfig
+from autocompress.study import SearchConfig, run_search
+from autocompress.task import load_task
+
+EXAMPLE = str(Path(__file__).resolve().parents[1] / "examples" / "digits_task.py") + ":build"
+
+
+@pytest.fixture(scope="module")
+def digits_task():
+    return load_task(EXAMPLE)
+
+
+def _config(run_dir: Path, budget: str, trials: int = 3, **kw) -> SearchConfig:
+    return SearchConfig(
+        task=EXAMPLE, latency_budget=budget, trials=trials, run_dir=str(run_dir), seed=0,
+        distill=DistillConfig(steps=4), space=SpaceConfig(prune_ratios=(0.0, 0.5, 0.75), rank_ratios=(1.0,), channel_multiple=4),
+        calibration_batches=1, **kw,
+    )
+
+
+def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{run_dir / 'study.db'}")
+    return study.get_trials()
+
+
+def test_search_writes_front_engines_and_report(tmp_path, digits_task):
+    run_dir = tmp_path / "run"
+    result = run_search(_config(run_dir, "0.9x"), task=digits_task)
+
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["task"] == "digits" and manifest["config"]["seed"] == 0
+    assert manifest["profile"]["runtime"] == "onnxruntime" and "torch" in manifest["versions"]
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    assert pareto["budget_ms"] == pytest.approx(0.9 * pareto["baseline"]["latency_ms"])
+    assert len(pareto["members"]) == len(result.front)
+    for member in pareto["members"]:
+        assert Path(member["engine_path"]).is_file()
+        assert member["engine"]["ok"]
+        assert member["measured_ms"] <= pareto["budget_ms"] * 1.05
+        assert member["size_bytes"] == Path(member["engine_path"]).stat().st_size
+        assert set(member["policy"]) == {"prune", "bits", "rank"}
+    html = (run_dir / "report.html").read_text()
+    assert "<svg" in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")
+    completed = [t for t in _trials(run_dir) if t.user_attrs.get("status") == "completed"]
+    assert len(completed) == 3
+
+
+def test_infeasible_proposals_are_never_fine_tuned(tmp_path, digits_task):
+    import random
+    import statistics
+
+    from autocompress.inventory import build_inventory
+    from autocompress.latency_lut import LatencyTable, OrtCpuBackend
+    from autocompress.spaces import build_space
+
+    run_dir = tmp_path / "tight"
+    config = _config(run_dir, "0.95x", trials=1)
+    run_search(config, task=digits_task)  # measures and calibrates the run's table
+    # An absolute budget at the median predicted latency of sampled policies: about half
+    # of the proposals are over it, whatever the machine's timing noise.
+    inventory = build_inventory(digits_task.model, digits_task.example_inputs)
+    space = build_space(inventory, config.space)
+    table = LatencyTable.open(run_dir / "latency_table.json", OrtCpuBackend(), channel_multiple=4)
+    rng = random.Random(1)
+    median_us = statistics.median(table.predict_us(inventory, space.sample(rng)) for _ in range(40))
+    tight = tmp_path / "tight2"
+    tight.mkdir()
+    (tight / "latency_table.json").write_bytes((run_dir / "latency_table.json").read_bytes())
+    run_search(_config(tight, f"{median_us:.1f}us", trials=2), task=digits_task)
+
+    trials = _trials(tight)
+    infeasible = [t for t in trials if t.user_attrs.get("status") == "infeasible"]
+    completed = [t for t in trials if t.user_attrs.get("status") == "completed"]
+    budget_ms = json.loads((tight / "run.json").read_text())["budget_ms"]
+    assert budget_ms == pytest.approx(median_us / 1000, rel=1e-3)
+    assert infeasible, "about half of the proposals should have been over budget"
+    for t in infeasible:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert t.user_attrs["predicted_ms"] > budget_ms
+        assert "finetune_s" not in t.user_attrs and "engine" not in t.user_attrs and "metric" not in t.user_attrs
+    for t in completed:
+        assert t.user_attrs["predicted_ms"] <= budget_ms
+    engines = sorted((tight / "engines").glob("trial-*.onnx"))
+    assert len(engines) == len(completed) == 2
+
+
+def test_rerun_resumes_and_keeps_completed_trials(tmp_path, digits_task):
+    run_dir = tmp_path / "resume"
+    run_search(_config(run_dir, "0.9x", trials=2), task=digits_task)
+    table_mtime = (run_dir / "latency_table.json").stat().st_mtime_ns
+    first = {t.number for t in _trials(run_dir) if t.user_attrs.get("status") == "completed"}
+    run_search(_config(run_dir, "0.9x", trials=3), task=digits_task)
+    done = [t for t in _trials(run_dir) if t.user_attrs.get("status") == "completed" and "duplicate_of" not in t.user_attrs]
+    assert first <= {t.number for t in done}
+    assert len(done) == 3
+    table = json.loads((run_dir / "latency_table.json").read_text())
+    assert len(table["calibrations"]) == 1  # calibrated once, reused on resume
+    assert (run_dir / "latency_table.json").stat().st_mtime_ns >= table_mtime
