@@ -83,10 +83,6 @@ def test_backend_measure_many(backend, tiny_onnx, mlp_onnx):
         _check_measurement(m, backend.min_runs)
 
 
-@pytest.mark.xfail(
-    reason="OrtCpuBackend.measure_many floors min_runs // rounds per round, so it times fewer than min_runs calls",
-    strict=True,
-)
 def test_backend_measure_many_honours_min_runs(tiny_onnx, mlp_onnx):
     backend = OrtCpuBackend(threads=1, warmup=0, min_runs=7, min_time_s=0.0)
     for m in backend.measure_many([tiny_onnx, mlp_onnx], rounds=3):
@@ -113,11 +109,6 @@ def test_effective_layers_follow_pruning(resnet_inventory):
     assert len({c.key for c in choices.values()}) == len(choices)
 
 
-@pytest.mark.xfail(
-    reason="kept_channels(10, 0.0, 4) == 8: effective_layers shrinks the unprunable 10-class fc to 8 outputs "
-    "for every policy, so the table measures a layer the candidate does not have",
-    strict=True,
-)
 def test_effective_layers_baseline_is_the_model(resnet_inventory):
     for c in effective_layers(resnet_inventory, Policy(), MULTIPLE):
         assert (c.in_channels, c.out_channels) == (c.layer.in_channels, c.layer.out_channels), c.layer.name

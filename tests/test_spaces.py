@@ -44,11 +44,6 @@ def test_kept_channels_invariants():
                     assert k == channels
 
 
-@pytest.mark.xfail(
-    reason="kept_channels rounds the unpruned count to the multiple: ratio 0.0 drops channels "
-    "when `channels` is not a multiple (10 -> 8, 17 -> 16, 20 -> 16)",
-    strict=True,
-)
 @pytest.mark.parametrize(("channels", "multiple"), [(10, 8), (17, 8), (100, 8)])
 def test_kept_channels_ratio_zero_keeps_everything(channels, multiple):
     assert kept_channels(channels, 0.0, multiple) == channels

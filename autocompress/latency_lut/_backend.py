@@ -141,7 +141,7 @@ class OrtCpuBackend:
             for _ in range(self.warmup):
                 s.run(None, f)
         samples: list[list[float]] = [[] for _ in sessions]
-        per_round_runs = max(1, self.min_runs // rounds)
+        per_round_runs = max(1, -(-self.min_runs // rounds))  # ceil: at least min_runs in all
         for _ in range(rounds):
             for i, (s, f) in enumerate(sessions):
                 samples[i].extend(self._time(s, f, per_round_runs, self.min_time_s / rounds))

@@ -132,7 +132,7 @@ class LatencyTable:
         self.backend = backend
         self.profile = backend.profile()
         self.profile_id = profile_id(self.profile)
-        self.shared_path = shared_path
+        self.shared_path = Path(shared_path) if shared_path is not None else None
         self.channel_multiple = channel_multiple
         self.entries: dict[str, dict] = {}
         self.calibrations: dict[str, Calibration] = {}
@@ -148,8 +148,8 @@ class LatencyTable:
         cls, path: Path, backend: LatencyBackend, shared_path: Path | None = None, allow_other_profile: bool = False, channel_multiple: int = 8
     ) -> "LatencyTable":
         table = cls(path, backend, shared_path, channel_multiple)
-        if shared_path is not None and Path(shared_path).is_file():
-            table._merge(Path(shared_path), allow_other_profile=True, take_calibrations=False)
+        if table.shared_path is not None and table.shared_path.is_file():
+            table._merge(table.shared_path, allow_other_profile=True, take_calibrations=False)
         if table.path.is_file():
             table._merge(table.path, allow_other_profile=allow_other_profile, take_calibrations=True)
         return table

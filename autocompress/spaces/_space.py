@@ -22,7 +22,7 @@ def kept_channels(channels: int, prune_ratio: float, multiple: int) -> int:
     """
     if not 0.0 <= prune_ratio < 1.0:
         raise ValueError(f"`prune_ratio` must be in [0, 1), but got {prune_ratio!r}.")
-    if channels <= multiple:
+    if channels <= multiple or prune_ratio == 0.0:
         return channels
     kept = round(channels * (1.0 - prune_ratio) / multiple) * multiple
     return int(min(channels, max(multiple, kept)))
