@@ -74,13 +74,18 @@ def _search(args: argparse.Namespace) -> int:
         run_dir=args.run_dir or f"runs/{task_name}", searcher=args.searcher, seed=args.seed, distill=distill,
         space=space, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
     )
-    run_search(config)
+    run_search(config, console=_console())
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
+def _console():
     from rich.console import Console
 
+    # Piped output gets a width that keeps the front's table readable in logs.
+    return Console() if sys.stdout.isatty() else Console(width=150)
+
+
+def _report(args: argparse.Namespace) -> int:
     from autocompress._io import read_json
     from autocompress.latency_lut import OrtCpuBackend, feeds_for
     from autocompress.study import finalize_run
@@ -95,7 +100,7 @@ def _report(args: argparse.Namespace) -> int:
     from autocompress.latency_lut import to_onnx_bytes
 
     backend = OrtCpuBackend(threads=manifest["profile"]["threads"])
-    finalize_run(run_dir, manifest["metric_name"], Console(), backend, feeds_for(task.example_inputs), to_onnx_bytes(task.model, task.example_inputs, dynamic_batch=True))
+    finalize_run(run_dir, manifest["metric_name"], _console(), backend, feeds_for(task.example_inputs), to_onnx_bytes(task.model, task.example_inputs, dynamic_batch=True))
     return 0
 
 

@@ -4,7 +4,7 @@ import math
 from typing import Any, Mapping
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from autocompress.errors import UserError
 from autocompress.search._base import Outcome
@@ -13,19 +13,15 @@ from autocompress.spaces import Policy, SearchSpace
 __all__ = ["SAMPLERS", "OptunaSearcher", "make_sampler"]
 
 SAMPLERS = ("tpe", "nsga2", "random")
-CONSTRAINT_ATTR = "constraint"
-
-
-def _constraints(trial: FrozenTrial) -> tuple[float]:
-    """Predicted latency minus budget (ms): positive means infeasible."""
-    return (float(trial.user_attrs.get(CONSTRAINT_ATTR, 0.0)),)
+CONSTRAINT = "latency_over_budget_ms"  # predicted latency minus budget: positive is infeasible
 
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """Constrained samplers read each trial's constraint set with ``Trial.set_constraint``."""
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, constraints_func=_constraints, n_startup_trials=8, multivariate=True, group=False)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8, multivariate=True)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=_constraints, population_size=16)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=16)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise UserError(f"Unknown searcher {name!r}; choose one of {list(SAMPLERS)}.")
@@ -70,7 +66,8 @@ class OptunaSearcher:
 
     def tell(self, trial_id: int, outcome: Outcome) -> None:
         trial = self._live.pop(trial_id)
-        trial.set_user_attr(CONSTRAINT_ATTR, float(outcome.constraint))
+        if outcome.status != "failed":
+            trial.set_constraint(CONSTRAINT, float(outcome.constraint))
         trial.set_user_attr("status", outcome.status)
         if outcome.reason:
             trial.set_user_attr("reason", outcome.reason[:2000])
