@@ -7,8 +7,6 @@ and verify -> tell) -> Pareto front -> engines, pareto.json, report.html.
 
 from __future__ import annotations
 
-import json
-import math
 import platform
 import sys
 import time
@@ -35,7 +33,7 @@ from autocompress.search import SAMPLERS, OptunaSearcher, Outcome
 from autocompress.spaces import Policy, SpaceConfig, build_space
 from autocompress.task import Task, as_input_tuple, load_task
 
-__all__ = ["SearchConfig", "RunResult", "run_search"]
+__all__ = ["SearchConfig", "RunResult", "Workbench", "finalize_run", "open_workbench", "run_search"]
 
 SCHEMA = 1
 BUDGET_NOISE = 1.05  # measured latency may exceed the budget by this factor (timing noise)
@@ -74,6 +72,50 @@ class RunResult:
     budget_ms: float
     front: list[dict] = field(default_factory=list)
     counts: dict = field(default_factory=dict)
+
+
+@dataclass
+class Workbench:
+    """What every command that measures a task needs: the task, its inventory and space,
+    the target backend and latency table, and calibration inputs."""
+
+    task: Task
+    inventory: Any
+    space: Any
+    backend: OrtCpuBackend
+    table: LatencyTable
+    calib_batches: list
+    channel_multiple: int
+
+    def candidate(self, policy: Policy) -> torch.nn.Module:
+        return compress.apply(self.task.model, self.inventory, policy, self.task.example_inputs, self.calib_batches, self.channel_multiple)
+
+    def measure_policy(self, policy: Policy) -> float:
+        """Build, export and time the candidate ``policy`` describes, end to end (us)."""
+        example = self.task.example_inputs
+        return self.backend.measure(to_onnx_bytes(self.candidate(policy), example, dynamic_batch=True), feeds_for(example)).median_us
+
+
+def open_workbench(
+    task: Task, space_config: SpaceConfig, threads: int, table_path: Path, shared_table: bool, allow_other_profile: bool = False,
+    calibration_batches: int = 4,
+) -> Workbench:
+    inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)
+    try:
+        space = build_space(inventory, space_config)
+    except ValueError as exc:
+        raise UserError(f"{exc} Widen the space (--prune-ratios, --bits, --rank-ratios).") from None
+    backend = OrtCpuBackend(threads=threads)
+    shared = LatencyTable.default_shared_path(backend) if shared_table else None
+    if shared is not None and Path(shared).resolve() == Path(table_path).resolve():
+        shared = None
+    table = LatencyTable.open(table_path, backend, shared, allow_other_profile, space_config.channel_multiple)
+    calib: list[tuple[torch.Tensor, ...]] = []
+    for inputs, _ in task.train_loader:
+        calib.append(as_input_tuple(inputs))
+        if len(calib) >= calibration_batches:
+            break
+    return Workbench(task, inventory, space, backend, table, calib, space_config.channel_multiple)
 
 
 def _versions() -> dict:
@@ -123,26 +165,21 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     t_start = time.perf_counter()
     torch.manual_seed(config.seed)
 
-    # 1. Task, inventory, space.
+    # 1. Task, inventory, space, target.
     task = task or load_task(config.task)
-    inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)
-    try:
-        space = build_space(inventory, config.space)
-    except ValueError as exc:
-        raise UserError(f"{exc} Widen the space (--prune-ratios, --bits, --rank-ratios).") from None
     previous = _check_run_dir(run_dir, task, config)
+    bench = open_workbench(
+        task, config.space, config.threads, run_dir / "latency_table.json", config.share_table, config.allow_other_profile,
+        config.calibration_batches,
+    )
     run_dir.mkdir(parents=True, exist_ok=True)
+    inventory, space, backend, table = bench.inventory, bench.space, bench.backend, bench.table
     console.print(
         f"[bold]{task.name}[/]: {len(inventory.layers)} layers in {len(inventory.groups)} coupling groups, "
         f"{len(space.domains)} search dimensions ({space.size:.3g} policies)"
     )
 
-    # 2. Target, baseline, budget.
-    backend = OrtCpuBackend(threads=config.threads)
-    shared = LatencyTable.default_shared_path(backend) if config.share_table else None
-    table = LatencyTable.open(
-        run_dir / "latency_table.json", backend, shared, config.allow_other_profile, config.space.channel_multiple
-    )
+    # 2. Baseline and budget.
     example = task.example_inputs
     feeds = feeds_for(example)
     baseline_ms = backend.measure(to_onnx_bytes(task.model, example, dynamic_batch=True), feeds).median_us / 1000
@@ -153,23 +190,13 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
         f"(ONNX Runtime CPU, {config.threads} thread(s), batch {example[0].shape[0]})"
     )
     console.print(f"Latency budget: [bold]{budget_ms:.3f} ms[/] ({config.latency_budget})")
-
-    calib_batches: list[tuple[torch.Tensor, ...]] = []
-    for inputs, _ in task.train_loader:
-        calib_batches.append(as_input_tuple(inputs))
-        if len(calib_batches) >= config.calibration_batches:
-            break
     check_batches = [next(iter(task.eval_loader))]
-
-    def measure_policy(policy: Policy) -> float:
-        student = compress.apply(task.model, inventory, policy, example, calib_batches, config.space.channel_multiple)
-        return backend.measure(to_onnx_bytes(student, example, dynamic_batch=True), feeds).median_us
 
     # 3. Latency table: measured on the target, calibrated on whole models.
     t0 = time.perf_counter()
     with console.status("Measuring the latency table on the target ..."):
         if not table.is_calibrated(inventory):
-            table.calibrate(inventory, space, measure_policy, seed=config.seed)
+            table.calibrate(inventory, space, bench.measure_policy, seed=config.seed)
         fastest_policy, fastest_us = table.fastest(inventory, space)
         fastest_ms = fastest_us / 1000
     table.save()
@@ -242,12 +269,12 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
             if policy.digest in seen:  # the sampler repeated itself: reuse, do not fine-tune again
                 prev = seen[policy.digest]
                 searcher.record(trial_id, {**attrs, "duplicate_of": prev.get("trial"), "measured_ms": prev.get("measured_ms")})
-                searcher.tell(trial_id, Outcome("completed", prev["metric"], predicted_ms, predicted_ms - budget_ms))
+                searcher.tell(trial_id, Outcome("completed", prev["metric"], prev.get("measured_ms", predicted_ms), predicted_ms - budget_ms))
                 continue
             try:
                 torch.manual_seed(config.seed * 100003 + trial_id)
                 t0 = time.perf_counter()
-                student = compress.apply(task.model, inventory, policy, example, calib_batches, config.space.channel_multiple)
+                student = bench.candidate(policy)
                 losses = distill(student, task.model, task.train_loader, config.distill)
                 t_ft = time.perf_counter() - t0
                 metric = evaluate(student, task.eval_loader, task.metric)
@@ -268,8 +295,9 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
                 "summary": _summarize_policy(policy, len(inventory.layers)),
             })
             searcher.record(trial_id, attrs)
-            searcher.tell(trial_id, Outcome("completed", metric, predicted_ms, predicted_ms - budget_ms))
+            searcher.tell(trial_id, Outcome("completed", metric, engine.latency_us / 1000, predicted_ms - budget_ms))
             seen[policy.digest] = attrs
+            table.add_measurement(inventory, policy, engine.latency_us)  # later predictions learn from it
             n_done += 1
             if engine.latency_us / 1000 <= budget_ms * BUDGET_NOISE and (best is None or sign * metric > best):
                 best = sign * metric

@@ -302,3 +302,29 @@ def test_table_calibrate_and_persist(saved_table, tmp_path, backend, resnet_inve
     assert (c2.scale, c2.offset_us, c2.points) == (cal.scale, cal.offset_us, cal.points)
     assert reopened.predict_us(resnet_inventory, space.baseline()) == pytest.approx(3.0 * base_raw + 25.0)
     assert reopened.measured_now == 0
+
+
+def test_build_measures_every_reachable_entry_once(tmp_path, backend, resnet_inventory, space):
+    import random
+
+    table = LatencyTable(tmp_path / "t.json", backend, channel_multiple=MULTIPLE)
+    reachable = table.reachable_choices(resnet_inventory, space)
+    assert len({c.key for c in reachable}) == len(reachable)
+    n = table.build(resnet_inventory, space)
+    assert n == len(reachable) == len(table.entries)
+    assert table.build(resnet_inventory, space) == 0
+    before = table.measured_now
+    rng = random.Random(0)
+    for _ in range(10):  # any policy of the space is now predicted without measuring
+        table.predict_us(resnet_inventory, space.sample(rng))
+    assert table.measured_now == before
+
+
+def test_whole_model_measurements_refit_the_calibration(tmp_path, backend, resnet_inventory, space):
+    table = LatencyTable(tmp_path / "t.json", backend, channel_multiple=MULTIPLE)
+    policies = [space.baseline(), space.extreme(), Policy(prune={"stem.0": 0.5})]
+    for p in policies:
+        table.add_measurement(resnet_inventory, p, 2.0 * table.raw_us(resnet_inventory, p) + 10.0)
+    cal = table.calibrations[resnet_inventory.fingerprint]
+    assert len(cal.points) == 3
+    assert cal.scale == pytest.approx(2.0, rel=1e-6) and cal.offset_us == pytest.approx(10.0, abs=1e-3)

@@ -109,7 +109,7 @@ class Calibration:
         raw = np.array([p["raw_us"] for p in self.points])
         meas = np.array([p["measured_us"] for p in self.points])
         ratio = float(np.median(meas / raw))
-        if len(self.points) >= 3 and np.ptp(raw) > 0.2 * np.median(raw):
+        if len(self.points) >= 3 and np.ptp(raw) > 0:
             scale, offset = np.polyfit(raw, meas, 1)
             # A slope far from the plain ratio means the points are noise, not a trend.
             if 0.5 * ratio <= scale <= 2.0 * ratio:
@@ -213,6 +213,44 @@ class LatencyTable:
             self.entries[key] = m.to_dict()
             self.measured_now += 1
         return float(self.entries[key]["median_us"])
+
+    def reachable_choices(self, inventory: LayerInventory, space: SearchSpace) -> list[LayerChoiceShape]:
+        """Every distinct layer configuration some policy of ``space`` can produce."""
+        cfg = space.config
+
+        def counts(group: str | None, full: int) -> list[int]:
+            domain = space.domains.get(f"prune/{group}") if group else None
+            return sorted({kept_channels(full, r, cfg.channel_multiple) for r in domain}) if domain else [full]
+
+        seen: dict[str, LayerChoiceShape] = {}
+        for layer in inventory.layers.values():
+            ins = counts(layer.in_group, layer.in_channels) if layer.groups == 1 else [layer.in_channels]
+            outs = counts(layer.out_group, layer.out_channels)
+            for c_in in ins:
+                for c_out in outs:
+                    for bits in space.domains.get(f"bits/{layer.name}", (32,)):
+                        for rank in space.domains.get(f"rank/{layer.name}", (1.0,)):
+                            choice = LayerChoiceShape(layer, c_in, c_out, bits, rank)
+                            seen.setdefault(choice.key, choice)
+        return list(seen.values())
+
+    def build(self, inventory: LayerInventory, space: SearchSpace, on_entry: Callable[[int, int], None] | None = None) -> int:
+        """Measure every entry the space can reach that the table lacks; return how many."""
+        missing = [c for c in self.reachable_choices(inventory, space) if c.key not in self.entries]
+        for i, choice in enumerate(missing):
+            self.entry_us(choice)
+            if on_entry is not None:
+                on_entry(i + 1, len(missing))
+        return len(missing)
+
+    def add_measurement(self, inventory: LayerInventory, policy: Policy, measured_us: float) -> None:
+        """Add a whole-model measurement to the calibration of this model and refit it.
+
+        Every exported candidate of a search is measured anyway; feeding those back makes
+        later predictions of the same run better without measuring anything more."""
+        calibration = self.calibrations.setdefault(inventory.fingerprint, Calibration())
+        calibration.points.append({"policy": policy.digest, "raw_us": self.raw_us(inventory, policy), "measured_us": float(measured_us)})
+        calibration.fit()
 
     def raw_us(self, inventory: LayerInventory, policy: Policy) -> float:
         """Plain sum of the layers' table entries (measuring what is missing)."""

@@ -1,0 +1,79 @@
+"""How far the table's predictions are from end-to-end measurements of random candidates."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from autocompress.inventory import LayerInventory
+from autocompress.latency_lut._table import LatencyTable
+from autocompress.spaces import Policy, SearchSpace
+
+__all__ = ["FidelityReport", "fidelity", "validate"]
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    return ranks
+
+
+@dataclass
+class FidelityReport:
+    """Prediction error statistics over ``samples`` (relative error = predicted/measured - 1)."""
+
+    samples: list[dict] = field(default_factory=list)
+    median_abs_error: float = float("nan")
+    within_10pct: float = float("nan")
+    within_5pct: float = float("nan")
+    spearman: float = float("nan")
+
+    def worst(self, n: int = 5) -> list[dict]:
+        return sorted(self.samples, key=lambda s: -abs(s["error"]))[:n]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["worst"] = self.worst()
+        return d
+
+
+def fidelity(predicted_us: list[float], measured_us: list[float], labels: list[str] | None = None) -> FidelityReport:
+    p, m = np.asarray(predicted_us, float), np.asarray(measured_us, float)
+    errors = p / m - 1
+    report = FidelityReport(
+        samples=[{"policy": (labels or [""] * len(p))[i], "predicted_us": float(p[i]), "measured_us": float(m[i]), "error": float(errors[i])} for i in range(len(p))]
+    )
+    if len(p):
+        abs_err = np.abs(errors)
+        report.median_abs_error = float(np.median(abs_err))
+        report.within_10pct = float(np.mean(abs_err <= 0.10))
+        report.within_5pct = float(np.mean(abs_err <= 0.05))
+    if len(p) >= 3 and np.ptp(p) > 0 and np.ptp(m) > 0:
+        report.spearman = float(np.corrcoef(_ranks(p), _ranks(m))[0, 1])
+    return report
+
+
+def validate(
+    table: LatencyTable,
+    inventory: LayerInventory,
+    space: SearchSpace,
+    measure_policy: Callable[[Policy], float],
+    samples: int,
+    seed: int = 0,
+    on_sample: Callable[[int], None] | None = None,
+) -> FidelityReport:
+    """Draw ``samples`` random policies, predict each, build, export and measure it end to end."""
+    rng = random.Random(seed)
+    predicted, measured, labels = [], [], []
+    for i in range(samples):
+        policy = space.sample(rng)
+        predicted.append(table.predict_us(inventory, policy))
+        measured.append(measure_policy(policy))
+        labels.append(policy.digest)
+        if on_sample is not None:
+            on_sample(i + 1)
+    return fidelity(predicted, measured, labels)

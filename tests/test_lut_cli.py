@@ -1,0 +1,63 @@
+"""`autocompress lut build | show | validate` on a tiny real task."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autocompress.latency_lut import fidelity
+
+ROOT = Path(__file__).resolve().parents[1]
+MLP = f"{ROOT / 'tests' / 'fixtures' / 'mlp_task.py'}:build"
+
+
+def cli(*args: str, tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AUTOCOMPRESS_CACHE": str(tmp / "cache")}
+    return subprocess.run([sys.executable, "-m", "autocompress", *args], capture_output=True, text=True, env=env, cwd=tmp, timeout=600)
+
+
+def test_fidelity_statistics_are_exact_on_known_numbers():
+    report = fidelity([109.0, 95.0, 300.0, 40.0], [100.0, 100.0, 200.0, 50.0], ["a", "b", "c", "d"])
+    assert report.median_abs_error == pytest.approx(np.median([0.09, 0.05, 0.5, 0.2]))
+    assert report.within_10pct == pytest.approx(0.5)  # +9% and -5%
+    assert report.within_5pct == pytest.approx(0.25)
+    assert report.spearman == pytest.approx(0.8)  # predicted order a,b swapped against measured
+    assert [w["policy"] for w in report.worst(2)] == ["c", "d"]
+
+
+def test_lut_build_show_validate(tmp_path):
+    table = tmp_path / "table.json"
+    built = cli("lut", "build", "--task", MLP, "--table", str(table), tmp=tmp_path)
+    assert built.returncode == 0, built.stderr[-2000:]
+    data = json.loads(table.read_text())
+    assert data["profile"]["runtime"] == "onnxruntime" and data["entries"]
+    assert len(data["calibrations"]) == 1
+    assert "entries measured now" in built.stdout
+
+    again = cli("lut", "build", "--task", MLP, "--table", str(table), tmp=tmp_path)
+    assert again.returncode == 0
+    assert "0 entries measured now" in again.stdout  # everything reachable is already there
+
+    shown = cli("lut", "show", "--table", str(table), tmp=tmp_path)
+    assert shown.returncode == 0
+    assert f"{len(data['entries'])} entries" in shown.stdout and "non-monotone" in shown.stdout
+
+    validated = cli("lut", "validate", "--task", MLP, "--table", str(table), "--samples", "4", "--json", tmp=tmp_path)
+    assert validated.returncode == 0, validated.stderr[-2000:]
+    report = json.loads(validated.stdout)
+    assert len(report["samples"]) == 4
+    assert 0.0 <= report["within_10pct"] <= 1.0 and report["median_abs_error"] >= 0.0
+    for s in report["samples"]:
+        assert s["predicted_us"] > 0 and s["measured_us"] > 0
+
+
+def test_lut_show_without_a_table_says_how_to_build_one(tmp_path):
+    proc = cli("lut", "show", "--table", str(tmp_path / "none.json"), tmp=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "autocompress lut build" in proc.stderr
