@@ -86,6 +86,7 @@ class Workbench:
     table: LatencyTable
     calib_batches: list
     channel_multiple: int
+    _original_onnx: bytes | None = None
 
     def candidate(self, policy: Policy) -> torch.nn.Module:
         return compress.apply(self.task.model, self.inventory, policy, self.task.example_inputs, self.calib_batches, self.channel_multiple)
@@ -94,6 +95,15 @@ class Workbench:
         """Build, export and time the candidate ``policy`` describes, end to end (us)."""
         example = self.task.example_inputs
         return self.backend.measure(to_onnx_bytes(self.candidate(policy), example, dynamic_batch=True), feeds_for(example)).median_us
+
+    def measure_with_original(self, policy: Policy) -> tuple[float, float]:
+        """The candidate and the original model timed interleaved, round by round (us, us)."""
+        example, feeds = self.task.example_inputs, feeds_for(self.task.example_inputs)
+        if self._original_onnx is None:
+            self._original_onnx = to_onnx_bytes(self.task.model, example, dynamic_batch=True)
+        candidate = to_onnx_bytes(self.candidate(policy), example, dynamic_batch=True)
+        original, measured = self.backend.measure_many([(self._original_onnx, feeds), (candidate, feeds)], rounds=5)
+        return measured.median_us, original.median_us
 
 
 def open_workbench(

@@ -132,6 +132,7 @@ def saved_table(tmp_path_factory, backend, resnet_inventory, policy):
     """A table measured for ``policy`` and saved; returns (path, entries, raw_us)."""
     path = tmp_path_factory.mktemp("lut") / "table.json"
     table = LatencyTable.open(path, backend, channel_multiple=MULTIPLE)
+    table.freeze_reference()  # one machine speed for the whole test
     assert table.entries == {} and table.measured_now == 0
     seen: list[str] = []
     table.on_measure = seen.append
@@ -151,8 +152,8 @@ def test_table_entries_measured_and_structured(saved_table, resnet_inventory, po
     keys = {c.key for c in effective_layers(resnet_inventory, policy, MULTIPLE)}
     assert set(entries) == keys
     for e in entries.values():
-        assert set(e) == {"median_us", "p10_us", "p90_us", "runs"}
-        assert e["p10_us"] <= e["median_us"] <= e["p90_us"] and e["runs"] >= 5
+        assert set(e) == {"median_us", "p10_us", "p90_us", "runs", "ref_us"}
+        assert e["p10_us"] <= e["median_us"] <= e["p90_us"] and e["runs"] >= 5 and e["ref_us"] > 0
     assert raw == pytest.approx(sum(e["median_us"] for e in entries.values()))
 
 
@@ -166,7 +167,10 @@ def test_table_persisted_and_reused(saved_table, backend, resnet_inventory, poli
     reopened = LatencyTable.open(path, backend, channel_multiple=MULTIPLE)
     assert reopened.entries == entries
     reopened.on_measure = lambda key: pytest.fail(f"re-measured {key}")
-    assert reopened.predict_us(resnet_inventory, policy) == pytest.approx(raw)  # uncalibrated: the raw sum
+    ref_now = reopened.freeze_reference()
+    # Uncalibrated: the sum of the entries, each rescaled to the machine speed of now.
+    expected = sum(e["median_us"] * ref_now / e["ref_us"] for e in entries.values())
+    assert reopened.predict_us(resnet_inventory, policy) == pytest.approx(expected)
     assert reopened.measured_now == 0
     assert not reopened.is_calibrated(resnet_inventory)
 
@@ -176,6 +180,7 @@ def test_table_measures_only_new_entries(saved_table, tmp_path, backend, resnet_
     copy = tmp_path / "copy.json"
     copy.write_text(path.read_text())
     table = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
+    table.freeze_reference()  # one machine speed for the whole test
     other = Policy(prune={"stem.0": 0.5}, bits={"layer2.0.conv2": 8, "fc": 8}, rank={"layer3.0.conv2": 0.5})
     table.predict_us(resnet_inventory, other)
     assert table.measured_now == 1  # only fc at int8 is new
@@ -280,6 +285,7 @@ def test_table_calibrate_and_persist(saved_table, tmp_path, backend, resnet_inve
     copy = tmp_path / "cal.json"
     copy.write_text(path.read_text())
     table = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
+    table.freeze_reference()  # one machine speed for the whole test
     measured: list[Policy] = []
 
     def fake_whole_model(policy: Policy) -> float:  # exactly linear in the table's own sum
@@ -297,6 +303,7 @@ def test_table_calibrate_and_persist(saved_table, tmp_path, backend, resnet_inve
     table.save()
 
     reopened = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
+    reopened._reference = table._reference  # same machine speed as when the table was saved
     assert reopened.is_calibrated(resnet_inventory)
     c2 = reopened.calibrations[resnet_inventory.fingerprint]
     assert (c2.scale, c2.offset_us, c2.points) == (cal.scale, cal.offset_us, cal.points)
@@ -308,6 +315,7 @@ def test_build_measures_every_reachable_entry_once(tmp_path, backend, resnet_inv
     import random
 
     table = LatencyTable(tmp_path / "t.json", backend, channel_multiple=MULTIPLE)
+    table.freeze_reference()  # one machine speed for the whole test
     reachable = table.reachable_choices(resnet_inventory, space)
     assert len({c.key for c in reachable}) == len(reachable)
     n = table.build(resnet_inventory, space)
@@ -322,9 +330,19 @@ def test_build_measures_every_reachable_entry_once(tmp_path, backend, resnet_inv
 
 def test_whole_model_measurements_refit_the_calibration(tmp_path, backend, resnet_inventory, space):
     table = LatencyTable(tmp_path / "t.json", backend, channel_multiple=MULTIPLE)
+    table.freeze_reference()  # one machine speed for the whole test
     policies = [space.baseline(), space.extreme(), Policy(prune={"stem.0": 0.5})]
     for p in policies:
         table.add_measurement(resnet_inventory, p, 2.0 * table.raw_us(resnet_inventory, p) + 10.0)
     cal = table.calibrations[resnet_inventory.fingerprint]
     assert len(cal.points) == 3
     assert cal.scale == pytest.approx(2.0, rel=1e-6) and cal.offset_us == pytest.approx(10.0, abs=1e-3)
+
+
+def test_entries_are_rescaled_to_the_machine_speed_of_now(saved_table, backend, resnet_inventory, policy):
+    path, entries, raw = saved_table
+    table = LatencyTable.open(path, backend, channel_multiple=MULTIPLE)
+    ref = table.freeze_reference()
+    base = table.raw_us(resnet_inventory, policy)
+    table._reference = (float("inf"), 1.5 * ref)  # the machine is now 1.5x slower
+    assert table.raw_us(resnet_inventory, policy) == pytest.approx(1.5 * base)

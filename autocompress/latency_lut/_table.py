@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -92,6 +93,16 @@ def _micro_model(choice: LayerChoiceShape, channel_multiple: int) -> tuple[nn.Mo
     return compress.apply(model, inv, policy, (x,), [(x,)], channel_multiple=channel_multiple), (x,)
 
 
+REFERENCE_KEY = "conv|1x32x28x28|o32|k3x3|s1x1|p1x1|g1|arelu|b32|r1"
+REFERENCE_MAX_AGE_S = 10.0
+
+
+def _reference_choice() -> LayerChoiceShape:
+    """A fixed float 3x3 conv, timed beside the entries: the machine's speed at that moment."""
+    layer = Layer("reference", "conv", 32, 32, (3, 3), (1, 1), (1, 1), 1, (1, 32, 28, 28), (1, 32, 28, 28), "relu", 0, 0, None, None, False)
+    return LayerChoiceShape(layer, 32, 32, 32, 1.0)
+
+
 @dataclass
 class Calibration:
     """measured_us ~= scale * sum_of_layer_entries_us + offset_us, fitted on whole models."""
@@ -138,6 +149,7 @@ class LatencyTable:
         self.calibrations: dict[str, Calibration] = {}
         self.measured_now = 0
         self.on_measure: Callable[[str], None] | None = None
+        self._reference: tuple[float, float] | None = None  # (measured at, us)
 
     @classmethod
     def default_shared_path(cls, backend: LatencyBackend) -> Path:
@@ -203,16 +215,40 @@ class LatencyTable:
             atomic_write_json(self.shared_path, merged)
 
     # -- measurement -------------------------------------------------------------------
+    def _measure_choice(self, choice: LayerChoiceShape) -> Measurement:
+        model, inputs = _micro_model(choice, self.channel_multiple)
+        return self.backend.measure(to_onnx_bytes(model, inputs), feeds_for(inputs))
+
+    def reference_us(self, refresh: bool = False) -> float:
+        """The reference graph's latency now (re-timed when older than a few seconds).
+
+        Shared machines drift by tens of percent between minutes; every entry keeps the
+        reference measured beside it, and predictions rescale entries to the reference of
+        the moment, so entries measured in other sessions stay comparable."""
+        now = time.monotonic()
+        if refresh or self._reference is None or now - self._reference[0] > REFERENCE_MAX_AGE_S:
+            self._reference = (now, self._measure_choice(_reference_choice()).median_us)
+        return self._reference[1]
+
+    def freeze_reference(self) -> float:
+        """Time the reference once and use that value until the next explicit refresh."""
+        us = self.reference_us(refresh=True)
+        self._reference = (float("inf"), us)
+        return us
+
     def entry_us(self, choice: LayerChoiceShape) -> float:
+        """The entry's latency at the machine speed of the current reference."""
         key = choice.key
         if key not in self.entries:
             if self.on_measure is not None:
                 self.on_measure(key)
-            model, inputs = _micro_model(choice, self.channel_multiple)
-            m: Measurement = self.backend.measure(to_onnx_bytes(model, inputs), feeds_for(inputs))
-            self.entries[key] = m.to_dict()
+            m = self._measure_choice(choice)
+            self.entries[key] = {**m.to_dict(), "ref_us": self.reference_us()}
             self.measured_now += 1
-        return float(self.entries[key]["median_us"])
+        entry = self.entries[key]
+        us = float(entry["median_us"])
+        ref = entry.get("ref_us")
+        return us * (self._reference[1] / ref) if ref and self._reference is not None else us
 
     def reachable_choices(self, inventory: LayerInventory, space: SearchSpace) -> list[LayerChoiceShape]:
         """Every distinct layer configuration some policy of ``space`` can produce."""
@@ -253,7 +289,9 @@ class LatencyTable:
         calibration.fit()
 
     def raw_us(self, inventory: LayerInventory, policy: Policy) -> float:
-        """Plain sum of the layers' table entries (measuring what is missing)."""
+        """Plain sum of the layers' table entries (measuring what is missing), at the
+        machine speed of the current reference."""
+        self.reference_us()
         return sum(self.entry_us(c) for c in effective_layers(inventory, policy, self.channel_multiple))
 
     def predict_us(self, inventory: LayerInventory, policy: Policy) -> float:

@@ -61,19 +61,33 @@ def validate(
     table: LatencyTable,
     inventory: LayerInventory,
     space: SearchSpace,
-    measure_policy: Callable[[Policy], float],
+    measure_with_original: Callable[[Policy], tuple[float, float]],
     samples: int,
     seed: int = 0,
     on_sample: Callable[[int], None] | None = None,
-) -> FidelityReport:
-    """Draw ``samples`` random policies, predict each, build, export and measure it end to end."""
+) -> tuple[FidelityReport, FidelityReport]:
+    """Draw ``samples`` random policies; predict each, then build, export and time it end to
+    end, interleaved with the original model.
+
+    Returns two reports: the error of the predicted latency itself, and the error of the
+    predicted speed relative to the original (predicted ratio against the ratio measured
+    in the same round), which machine drift between minutes cannot touch.
+    ``measure_with_original(policy)`` returns (candidate us, original us).
+    """
     rng = random.Random(seed)
+    baseline = space.baseline()
     predicted, measured, labels = [], [], []
+    predicted_ratio, measured_ratio = [], []
     for i in range(samples):
         policy = space.sample(rng)
-        predicted.append(table.predict_us(inventory, policy))
-        measured.append(measure_policy(policy))
+        p = table.predict_us(inventory, policy)
+        p_base = table.predict_us(inventory, baseline)
+        m, m_base = measure_with_original(policy)
+        predicted.append(p)
+        measured.append(m)
+        predicted_ratio.append(p / p_base)
+        measured_ratio.append(m / m_base)
         labels.append(policy.digest)
         if on_sample is not None:
             on_sample(i + 1)
-    return fidelity(predicted, measured, labels)
+    return fidelity(predicted, measured, labels), fidelity(predicted_ratio, measured_ratio, labels)
