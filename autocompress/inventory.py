@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import operator
+from dataclasses import asdict, dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import torch
@@ -62,15 +63,29 @@ class Group:
 
 
 @dataclass(frozen=True)
+class Elementwise:
+    """An element-wise op between layers whose size follows a group's channel count
+    (a residual add, with its ReLU when one follows): pruning the group shrinks it too."""
+
+    name: str
+    kind: str  # "add"
+    shape: tuple[int, ...]
+    activation: str | None
+    group: str | None  # the group whose pruning sets its channel count
+
+
+@dataclass(frozen=True)
 class LayerInventory:
     layers: Mapping[str, Layer]
     groups: Mapping[str, Group]
+    elementwise: Mapping[str, Elementwise] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
         """Stable digest of the architecture (layer shapes and coupling), not of the weights."""
         blob = json.dumps(
-            {"layers": [asdict(l) for l in self.layers.values()], "groups": [asdict(g) for g in self.groups.values()]},
+            {"layers": [asdict(l) for l in self.layers.values()], "groups": [asdict(g) for g in self.groups.values()],
+             "elementwise": [asdict(e) for e in self.elementwise.values()]},
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -252,4 +267,37 @@ def build_inventory(
             )
     if not layers:
         raise UserError("The model has no Conv2d or Linear layer that its example inputs reach; nothing to compress.")
-    return LayerInventory(layers=layers, groups=groups)
+    return LayerInventory(layers=layers, groups=groups, elementwise=_elementwise_ops(gm, gm_modules, layers))
+
+
+def _source_layer(node: torch.fx.Node, modules: Mapping[str, nn.Module], layers: Mapping[str, Layer]) -> str | None:
+    """The layer whose output reaches ``node`` through BatchNorm, ReLU or other adds only."""
+    seen = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if not isinstance(n, torch.fx.Node) or n in seen:
+            continue
+        seen.add(n)
+        if n.op == "call_module" and str(n.target) in layers:
+            return str(n.target)
+        if n.op == "call_module" and isinstance(modules.get(str(n.target)), (nn.modules.batchnorm._BatchNorm, nn.ReLU)):
+            stack.append(n.args[0])
+        elif _is_relu(n, modules) or (n.op == "call_function" and n.target in (operator.add, torch.add)):
+            stack.extend(a for a in n.args if isinstance(a, torch.fx.Node))
+    return None
+
+
+def _elementwise_ops(gm: torch.fx.GraphModule, modules: Mapping[str, nn.Module], layers: Mapping[str, Layer]) -> dict[str, Elementwise]:
+    ops: dict[str, Elementwise] = {}
+    for node in gm.graph.nodes:
+        if not (node.op == "call_function" and node.target in (operator.add, torch.add)):
+            continue
+        args = [a for a in node.args if isinstance(a, torch.fx.Node)]
+        meta = node.meta.get("tensor_meta")
+        if len(args) != 2 or meta is None or len(meta.shape) < 2:
+            continue
+        source = next((s for s in (_source_layer(a, modules, layers) for a in args) if s), None)
+        activation = "relu" if len(node.users) == 1 and _is_relu(next(iter(node.users)), modules) else None
+        ops[node.name] = Elementwise(node.name, "add", tuple(meta.shape), activation, layers[source].out_group if source else None)
+    return ops

@@ -164,3 +164,17 @@ def test_wrong_example_input_shape_raises_user_error(resnet, mlp):
 def test_model_without_layers_raises_user_error():
     with pytest.raises(UserError, match="no Conv2d or Linear"):
         build_inventory(nn.Sequential(nn.ReLU()), (torch.randn(1, 4),))
+
+
+def test_residual_adds_follow_their_groups():
+    import torch
+
+    from autocompress.inventory import build_inventory
+    from autocompress.tasks.models import DemoResNet
+
+    inv = build_inventory(DemoResNet(width=8).eval(), (torch.randn(1, 1, 28, 28),))
+    adds = sorted(inv.elementwise.values(), key=lambda e: e.shape[1])
+    assert [(e.kind, e.activation, e.shape[1]) for e in adds] == [("add", "relu", 8), ("add", "relu", 16), ("add", "relu", 32)]
+    # The first add sums the stem's output and layer1.0.conv2's: pruning that group shrinks it.
+    assert adds[0].group == inv.layers["stem.0"].out_group == inv.layers["layer1.0.conv2"].out_group
+    assert adds[1].group == inv.layers["layer2.0.conv2"].out_group

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from autocompress.errors import UserError
+from autocompress.latency_lut._table import effective_elementwise
 from autocompress.latency_lut import (
     Calibration,
     LatencyTable,
@@ -137,7 +138,8 @@ def saved_table(tmp_path_factory, backend, resnet_inventory, policy):
     seen: list[str] = []
     table.on_measure = seen.append
     raw = table.raw_us(resnet_inventory, policy)
-    n_layers = len(resnet_inventory.layers)
+    n_layers = len(resnet_inventory.layers) + len(resnet_inventory.elementwise)  # layers and residual adds
+    assert len(resnet_inventory.elementwise) == 3
     assert table.measured_now == n_layers == len(seen) == len(table.entries)
     # Measuring again reuses the entries.
     assert table.raw_us(resnet_inventory, policy) == raw
@@ -150,6 +152,7 @@ def saved_table(tmp_path_factory, backend, resnet_inventory, policy):
 def test_table_entries_measured_and_structured(saved_table, resnet_inventory, policy):
     _path, entries, raw = saved_table
     keys = {c.key for c in effective_layers(resnet_inventory, policy, MULTIPLE)}
+    keys |= {c.key for c in effective_elementwise(resnet_inventory, policy, MULTIPLE)}
     assert set(entries) == keys
     for e in entries.values():
         assert set(e) == {"median_us", "p10_us", "p90_us", "runs", "ref_us"}

@@ -27,12 +27,12 @@ from torch import nn
 
 from autocompress._io import atomic_write_json, cache_dir
 from autocompress.errors import UserError
-from autocompress.inventory import Layer, LayerInventory
+from autocompress.inventory import Elementwise, Layer, LayerInventory
 from autocompress.latency_lut._backend import LatencyBackend, Measurement, profile_id
 from autocompress.latency_lut._onnx import feeds_for, to_onnx_bytes
 from autocompress.spaces import Policy, SearchSpace, kept_channels
 
-__all__ = ["Calibration", "LatencyTable", "LayerChoiceShape", "effective_layers"]
+__all__ = ["Calibration", "ElementwiseChoiceShape", "LatencyTable", "LayerChoiceShape", "effective_elementwise", "effective_layers"]
 
 SCHEMA = 1
 
@@ -57,6 +57,29 @@ class LayerChoiceShape:
             f"s{l.stride[0]}x{l.stride[1]}", f"p{l.padding[0]}x{l.padding[1]}", f"g{l.groups}",
             f"a{l.activation or 'none'}", f"b{self.bits}", f"r{self.rank_ratio:g}",
         ])
+
+
+@dataclass(frozen=True)
+class ElementwiseChoiceShape:
+    """An element-wise op as a policy leaves it: its channel count after pruning."""
+
+    op: Elementwise
+    channels: int
+
+    @property
+    def key(self) -> str:
+        shape = list(self.op.shape)
+        shape[1] = self.channels
+        return f"{self.op.kind}|{'x'.join(map(str, shape))}|a{self.op.activation or 'none'}"
+
+
+def effective_elementwise(inventory: LayerInventory, policy: Policy, channel_multiple: int) -> list[ElementwiseChoiceShape]:
+    out = []
+    for op in inventory.elementwise.values():
+        group = inventory.groups.get(op.group) if op.group else None
+        channels = kept_channels(group.channels, policy.prune_ratio(group.name), channel_multiple) if group else op.shape[1]
+        out.append(ElementwiseChoiceShape(op, channels))
+    return out
 
 
 def effective_layers(inventory: LayerInventory, policy: Policy, channel_multiple: int) -> list[LayerChoiceShape]:
@@ -101,6 +124,23 @@ def _reference_choice() -> LayerChoiceShape:
     """A fixed float 3x3 conv, timed beside the entries: the machine's speed at that moment."""
     layer = Layer("reference", "conv", 32, 32, (3, 3), (1, 1), (1, 1), 1, (1, 32, 28, 28), (1, 32, 28, 28), "relu", 0, 0, None, None, False)
     return LayerChoiceShape(layer, 32, 32, 32, 1.0)
+
+
+class _AddModel(nn.Module):
+    def __init__(self, relu: bool) -> None:
+        super().__init__()
+        self.relu = relu
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        y = a + b
+        return torch.relu(y) if self.relu else y
+
+
+def _micro_elementwise(choice: ElementwiseChoiceShape) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    shape = list(choice.op.shape)
+    shape[1] = choice.channels
+    gen = torch.Generator().manual_seed(0)
+    return _AddModel(choice.op.activation == "relu").eval(), (torch.randn(shape, generator=gen), torch.randn(shape, generator=gen))
 
 
 @dataclass
@@ -215,8 +255,11 @@ class LatencyTable:
             atomic_write_json(self.shared_path, merged)
 
     # -- measurement -------------------------------------------------------------------
-    def _measure_choice(self, choice: LayerChoiceShape) -> Measurement:
-        model, inputs = _micro_model(choice, self.channel_multiple)
+    def _measure_choice(self, choice: LayerChoiceShape | ElementwiseChoiceShape) -> Measurement:
+        if isinstance(choice, ElementwiseChoiceShape):
+            model, inputs = _micro_elementwise(choice)
+        else:
+            model, inputs = _micro_model(choice, self.channel_multiple)
         return self.backend.measure(to_onnx_bytes(model, inputs), feeds_for(inputs))
 
     def reference_us(self, refresh: bool = False) -> float:
@@ -236,7 +279,7 @@ class LatencyTable:
         self._reference = (float("inf"), us)
         return us
 
-    def entry_us(self, choice: LayerChoiceShape) -> float:
+    def entry_us(self, choice: LayerChoiceShape | ElementwiseChoiceShape) -> float:
         """The entry's latency at the machine speed of the current reference."""
         key = choice.key
         if key not in self.entries:
@@ -250,7 +293,7 @@ class LatencyTable:
         ref = entry.get("ref_us")
         return us * (self._reference[1] / ref) if ref and self._reference is not None else us
 
-    def reachable_choices(self, inventory: LayerInventory, space: SearchSpace) -> list[LayerChoiceShape]:
+    def reachable_choices(self, inventory: LayerInventory, space: SearchSpace) -> list[LayerChoiceShape | ElementwiseChoiceShape]:
         """Every distinct layer configuration some policy of ``space`` can produce."""
         cfg = space.config
 
@@ -268,6 +311,11 @@ class LatencyTable:
                         for rank in space.domains.get(f"rank/{layer.name}", (1.0,)):
                             choice = LayerChoiceShape(layer, c_in, c_out, bits, rank)
                             seen.setdefault(choice.key, choice)
+        for op in inventory.elementwise.values():
+            group = inventory.groups.get(op.group) if op.group else None
+            for c in counts(op.group, group.channels) if group else [op.shape[1]]:
+                e = ElementwiseChoiceShape(op, c)
+                seen.setdefault(e.key, e)
         return list(seen.values())
 
     def build(self, inventory: LayerInventory, space: SearchSpace, on_entry: Callable[[int, int], None] | None = None) -> int:
@@ -292,7 +340,8 @@ class LatencyTable:
         """Plain sum of the layers' table entries (measuring what is missing), at the
         machine speed of the current reference."""
         self.reference_us()
-        return sum(self.entry_us(c) for c in effective_layers(inventory, policy, self.channel_multiple))
+        layers = sum(self.entry_us(c) for c in effective_layers(inventory, policy, self.channel_multiple))
+        return layers + sum(self.entry_us(c) for c in effective_elementwise(inventory, policy, self.channel_multiple))
 
     def predict_us(self, inventory: LayerInventory, policy: Policy) -> float:
         """Calibrated whole-model latency of the candidate ``policy`` describes, in microseconds."""
