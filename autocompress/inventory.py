@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from autocompress.errors import UserError
 
-__all__ = ["Layer", "Group", "LayerInventory", "build_dependency_graph", "build_inventory", "trace"]
+__all__ = ["Elementwise", "Group", "Layer", "LayerInventory", "build_dependency_graph", "build_inventory", "is_depthwise", "trace"]
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 _RELU_FUNCS = {torch.relu, nn.functional.relu, torch.relu_}
@@ -122,6 +122,15 @@ def trace(model: nn.Module, leaf_types: tuple[type, ...] = ()) -> torch.fx.Graph
             "make forward free of data-dependent Python control flow, or list the offending "
             "submodule in Task.ignored_layers."
         ) from None
+
+
+def _is_grouped_not_depthwise(module: nn.Module) -> bool:
+    groups = getattr(module, "groups", 1)
+    return groups > 1 and not (groups == module.in_channels == module.out_channels)
+
+
+def is_depthwise(layer: "Layer") -> bool:
+    return layer.kind == "conv" and layer.groups > 1 and layer.groups == layer.in_channels == layer.out_channels
 
 
 def build_dependency_graph(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> tp.DependencyGraph:
@@ -227,8 +236,8 @@ def build_inventory(
             reason = "produces the model output"
         elif ignored & (set(outs) | set(ins)):
             reason = "touches an ignored layer"
-        elif any(getattr(modules[n], "groups", 1) > 1 for n in outs + ins):
-            reason = "grouped convolution (pruned in a later release)"
+        elif any(_is_grouped_not_depthwise(modules[n]) for n in outs + ins):
+            reason = "grouped (not depthwise) convolution"
         groups[gname] = Group(gname, tuple(outs), tuple(ins), channels, prunable=not reason, reason=reason)
         for n in outs:
             out_group[n] = gname

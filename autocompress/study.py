@@ -8,6 +8,7 @@ and verify -> tell) -> Pareto front -> engines, pareto.json, report.html.
 from __future__ import annotations
 
 import platform
+from collections import Counter
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -37,6 +38,7 @@ __all__ = ["SearchConfig", "RunResult", "Workbench", "finalize_run", "open_workb
 
 SCHEMA = 1
 BUDGET_NOISE = 1.05  # measured latency may exceed the budget by this factor (timing noise)
+MAX_FAILURES_BEFORE_SUCCESS = 5  # a run whose first candidates all fail stops instead of spinning
 
 
 @dataclass(frozen=True)
@@ -193,7 +195,14 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     example = task.example_inputs
     feeds = feeds_for(example)
     baseline_ms = backend.measure(to_onnx_bytes(task.model, example, dynamic_batch=True), feeds).median_us / 1000
-    baseline_metric = evaluate(task.model, task.eval_loader, task.metric)
+    try:
+        baseline_metric = evaluate(task.model, task.eval_loader, task.metric)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(
+            f"The task's metric failed on the original model ({type(exc).__name__}: {first}); "
+            "fix the metric function, which is called as metric(outputs, targets)."
+        ) from None
     budget_ms = budget.resolve(baseline_ms)
     console.print(
         f"Original model: {task.metric_name} {baseline_metric:.4f}, {baseline_ms:.3f} ms "
@@ -262,6 +271,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
         console=console, transient=False,
     )
     rejected = 0
+    failures: list[str] = []
     with progress:
         bar = progress.add_task("search", total=config.trials, completed=n_done, best="-", rejected=0)
         while n_done < config.trials and proposals < max_proposals:
@@ -297,6 +307,14 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
                 searcher.record(trial_id, attrs)
                 searcher.tell(trial_id, Outcome("failed", reason=reason))
                 console.print(f"  trial {trial_id} failed: {reason}")
+                failures.append(reason)
+                if n_done == 0 and len(failures) >= MAX_FAILURES_BEFORE_SUCCESS:
+                    table.save()
+                    common, count = Counter(failures).most_common(1)[0]
+                    raise UserError(
+                        f"The first {len(failures)} candidates all failed ({count}x {common}); the search stopped. "
+                        f"Each failure is kept with its reason in {run_dir / 'study.db'}; fix the cause and re-run to resume."
+                    ) from None
                 continue
             attrs.update({
                 "trial": trial_id, "metric": metric, "measured_ms": engine.latency_us / 1000,

@@ -37,6 +37,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         (["--task", f"{BAD}:returns_dict", "--latency-budget", "0.5x"], ["returned dict", "Task"]),
         (["--task", f"{BAD}:raises", "--latency-budget", "0.5x"], ["RuntimeError", "boom"]),
         (["--task", f"{BAD}:nothing_here", "--latency-budget", "0.5x"], ["has no function 'nothing_here'"]),
+        (["--task", f"{BAD}:metric_always_raises", "--latency-budget", "0.99x"], ["metric failed on the original model", "ZeroDivisionError"]),
         (["--latency-budget", "fast"], ["Cannot parse latency budget 'fast'", "2.5ms", "0.5x"]),
         (["--latency-budget", "0ms"], ["must be positive"]),
         (["--latency-budget", "0.5x", "--searcher", "annealing"], ["Unknown searcher 'annealing'", "tpe"]),
@@ -64,3 +65,16 @@ def test_budget_below_fastest_candidate_names_the_reachable_latency_and_keeps_th
 def test_report_on_a_folder_that_is_not_a_run(tmp_path):
     proc = run_cli("report", str(tmp_path), cache=tmp_path / "cache", cwd=tmp_path)
     assert_one_line_error(proc, "not a run directory")
+
+
+def test_a_run_whose_candidates_all_fail_stops_early_with_the_reason(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli("search", "--task", f"{BAD}:metric_raises", "--latency-budget", "10ms", "--trials", "20",
+                   "--distill-steps", "2", "--run-dir", str(run_dir), cache=tmp_path / "cache", cwd=tmp_path)
+    assert_one_line_error(proc, "candidates all failed", "ZeroDivisionError", "study.db")
+    import optuna
+
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{run_dir / 'study.db'}")
+    failed = [t for t in study.get_trials() if t.user_attrs.get("status") == "failed"]
+    assert len(failed) == 5
+    assert all("ZeroDivisionError" in t.user_attrs["reason"] for t in failed)

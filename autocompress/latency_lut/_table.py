@@ -27,7 +27,7 @@ from torch import nn
 
 from autocompress._io import atomic_write_json, cache_dir
 from autocompress.errors import UserError
-from autocompress.inventory import Elementwise, Layer, LayerInventory
+from autocompress.inventory import Elementwise, Layer, LayerInventory, is_depthwise
 from autocompress.latency_lut._backend import LatencyBackend, Measurement, profile_id
 from autocompress.latency_lut._onnx import feeds_for, to_onnx_bytes
 from autocompress.spaces import Policy, SearchSpace, kept_channels
@@ -48,13 +48,18 @@ class LayerChoiceShape:
     rank_ratio: float
 
     @property
+    def groups(self) -> int:
+        """A depthwise conv keeps one group per (remaining) channel."""
+        return self.out_channels if is_depthwise(self.layer) else self.layer.groups
+
+    @property
     def key(self) -> str:
         l = self.layer
         shape = list(l.input_shape)
         shape[1 if l.kind == "conv" else -1] = self.in_channels
         return "|".join([
             l.kind, "x".join(map(str, shape)), f"o{self.out_channels}", f"k{l.kernel_size[0]}x{l.kernel_size[1]}",
-            f"s{l.stride[0]}x{l.stride[1]}", f"p{l.padding[0]}x{l.padding[1]}", f"g{l.groups}",
+            f"s{l.stride[0]}x{l.stride[1]}", f"p{l.padding[0]}x{l.padding[1]}", f"g{self.groups}",
             f"a{l.activation or 'none'}", f"b{self.bits}", f"r{self.rank_ratio:g}",
         ])
 
@@ -88,8 +93,11 @@ def effective_layers(inventory: LayerInventory, policy: Policy, channel_multiple
     }
     out = []
     for layer in inventory.layers.values():
-        c_in = kept[layer.in_group] if layer.in_group in kept and layer.groups == 1 else layer.in_channels
         c_out = kept[layer.out_group] if layer.out_group in kept else layer.out_channels
+        if is_depthwise(layer):
+            c_in = c_out
+        else:
+            c_in = kept[layer.in_group] if layer.in_group in kept and layer.groups == 1 else layer.in_channels
         out.append(LayerChoiceShape(layer, c_in, c_out, policy.bits_of(layer.name), policy.rank_ratio(layer.name)))
     return out
 
@@ -101,7 +109,7 @@ def _micro_model(choice: LayerChoiceShape, channel_multiple: int) -> tuple[nn.Mo
 
     l = choice.layer
     if l.kind == "conv":
-        core: nn.Module = nn.Conv2d(choice.in_channels, choice.out_channels, l.kernel_size, l.stride, l.padding, groups=l.groups)
+        core: nn.Module = nn.Conv2d(choice.in_channels, choice.out_channels, l.kernel_size, l.stride, l.padding, groups=choice.groups)
         shape = (l.input_shape[0], choice.in_channels, *l.input_shape[2:])
     else:
         core = nn.Linear(choice.in_channels, choice.out_channels)
@@ -305,12 +313,12 @@ class LatencyTable:
         for layer in inventory.layers.values():
             ins = counts(layer.in_group, layer.in_channels) if layer.groups == 1 else [layer.in_channels]
             outs = counts(layer.out_group, layer.out_channels)
-            for c_in in ins:
-                for c_out in outs:
-                    for bits in space.domains.get(f"bits/{layer.name}", (32,)):
-                        for rank in space.domains.get(f"rank/{layer.name}", (1.0,)):
-                            choice = LayerChoiceShape(layer, c_in, c_out, bits, rank)
-                            seen.setdefault(choice.key, choice)
+            pairs = [(c, c) for c in outs] if is_depthwise(layer) else [(i, o) for i in ins for o in outs]
+            for c_in, c_out in pairs:
+                for bits in space.domains.get(f"bits/{layer.name}", (32,)):
+                    for rank in space.domains.get(f"rank/{layer.name}", (1.0,)):
+                        choice = LayerChoiceShape(layer, c_in, c_out, bits, rank)
+                        seen.setdefault(choice.key, choice)
         for op in inventory.elementwise.values():
             group = inventory.groups.get(op.group) if op.group else None
             for c in counts(op.group, group.channels) if group else [op.shape[1]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["BasicBlock", "DemoResNet"]
+__all__ = ["BasicBlock", "DemoResNet", "DenseBlockNet", "InvertedResidual", "MobileNetV2Small", "VGGSmall"]
 
 
 class BasicBlock(nn.Module):
@@ -53,3 +53,77 @@ class DemoResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layer3(self.layer2(self.layer1(self.stem(x))))
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 project; residual when shapes match."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        hidden = in_channels * expand
+        self.expand = nn.Sequential(nn.Conv2d(in_channels, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()
+        )
+        self.project = nn.Sequential(nn.Conv2d(hidden, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.depthwise(self.expand(x)))
+        return x + y if self.residual else y
+
+
+class MobileNetV2Small(nn.Module):
+    """A MobileNetV2-style network: depthwise convs and inverted residuals."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU6())
+        self.blocks = nn.Sequential(
+            InvertedResidual(width, width, 1), InvertedResidual(width, 2 * width, 2), InvertedResidual(2 * width, 2 * width, 1)
+        )
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
+
+
+class DenseBlockNet(nn.Module):
+    """A DenseNet-style block: each layer's output is concatenated to its input."""
+
+    def __init__(self, width: int = 16, growth: int = 8, layers: int = 3, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.dense = nn.ModuleList()
+        c = width
+        for _ in range(layers):
+            self.dense.append(nn.Sequential(nn.Conv2d(c, growth, 3, 1, 1, bias=False), nn.BatchNorm2d(growth), nn.ReLU()))
+            c += growth
+        self.transition = nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for layer in self.dense:
+            x = torch.cat([x, layer(x)], dim=1)
+        x = self.transition(x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class VGGSmall(nn.Module):
+    """A plain VGG-style stack of 3x3 convs and max pooling, with a two-layer classifier."""
+
+    def __init__(self, width: int = 16, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_channels
+        for out in (width, width, 2 * width, 2 * width):
+            layers += [nn.Conv2d(c, out, 3, 1, 1), nn.ReLU()]
+            if out != c and c != in_channels:
+                layers.append(nn.MaxPool2d(2))
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Linear(c, 4 * width), nn.ReLU(), nn.Linear(4 * width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))

@@ -1,0 +1,79 @@
+"""Random valid policies on each architecture family: the candidate runs, shrinks as the
+policy says, keeps coupled channels equal, matches the latency table's shapes, and exports
+to an ONNX engine equal to PyTorch that runs integer kernels where int8 was chosen."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from autocompress import compress
+from autocompress.export import export_engine
+from autocompress.inventory import build_inventory
+from autocompress.latency_lut import OrtCpuBackend, effective_layers
+from autocompress.spaces import SpaceConfig, build_space
+from autocompress.tasks.models import DemoResNet, DenseBlockNet, MobileNetV2Small, VGGSmall
+
+ARCHITECTURES = {
+    "resnet": lambda: DemoResNet(width=8),
+    "mobilenetv2": lambda: MobileNetV2Small(width=8),
+    "densenet": lambda: DenseBlockNet(width=8, growth=8),
+    "vgg": lambda: VGGSmall(width=8),
+}
+MULTIPLE = 4
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = ARCHITECTURES[name]().eval()
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # non-trivial BatchNorm, so folding mistakes show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_random_policies_build_shrink_and_export(arch, tmp_path):
+    model = _model(arch)
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(2))
+    inv = build_inventory(model, (x,))
+    space = build_space(inv, SpaceConfig(channel_multiple=MULTIPLE))
+    assert any(n.startswith("prune/") for n in space.domains), "every family has prunable groups"
+    backend = OrtCpuBackend(threads=1, warmup=1, min_runs=3, min_time_s=0.0)
+    rng = random.Random(0)
+    full_params = sum(p.numel() for p in model.parameters())
+    calib = [(torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(3)),)]
+    check = [(torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(4)), None)]
+    for i, policy in enumerate([space.extreme()] + [space.sample(rng) for _ in range(2)]):
+        student = compress.apply(model, inv, policy, (x,), calib, channel_multiple=MULTIPLE)
+        out = student(x)
+        assert out.shape == model(x).shape and torch.isfinite(out).all()
+        if any(r > 0 for r in policy.prune.values()):
+            assert sum(p.numel() for p in student.parameters()) < full_params
+
+        modules = dict(student.named_modules())
+        # Coupled layers keep equal channel counts, and the table sees the shapes the candidate has.
+        for group in inv.prunable_groups():
+            widths = {modules[n].out_channels if isinstance(modules[n], nn.Conv2d) else modules[n].out_features
+                      for n in group.layers if isinstance(modules.get(n), (nn.Conv2d, nn.Linear))}
+            assert len(widths) <= 1, (group.name, widths)
+        for choice in effective_layers(inv, policy, MULTIPLE):
+            mod = modules[choice.layer.name]
+            if isinstance(mod, nn.Conv2d):
+                assert (mod.in_channels, mod.out_channels, mod.groups) == (choice.in_channels, choice.out_channels, choice.groups)
+            elif isinstance(mod, nn.Linear):
+                assert (mod.in_features, mod.out_features) == (choice.in_channels, choice.out_channels)
+
+        engine = export_engine(student, (x,), tmp_path / f"{arch}-{i}.onnx", backend, check)
+        assert engine.ok, engine.problems
+        assert engine.relative_error <= engine.tolerance
+        int8 = sum(1 for b in policy.bits.values() if b == 8)
+        if int8:
+            assert sum(engine.integer_nodes.values()) >= engine.int8_layers >= int8
+        else:
+            assert not engine.integer_nodes
