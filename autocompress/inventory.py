@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from autocompress.errors import UserError
 
-__all__ = ["Elementwise", "Group", "Layer", "LayerInventory", "build_dependency_graph", "build_inventory", "is_depthwise", "trace"]
+__all__ = ["Elementwise", "Group", "Layer", "LayerInventory", "build_dependency_graph", "build_inventory", "fused_output", "is_depthwise", "trace"]
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 _RELU_FUNCS = {torch.relu, nn.functional.relu, torch.relu_}
@@ -147,18 +147,19 @@ def _is_relu(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:
     return node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.ReLU)
 
 
-def _fused_activation(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> str | None:
-    """'relu' when the layer's output (through an optional BatchNorm) goes only to a ReLU."""
-    current = node
-    if len(current.users) == 1:
-        (user,) = current.users
+def fused_output(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> tuple[torch.fx.Node, str | None]:
+    """Where a layer's result leaves its fused group (after a sole BatchNorm, then a sole
+    ReLU), and 'relu' when that ReLU is part of the group."""
+    point = node
+    if len(point.users) == 1:
+        (user,) = point.users
         if user.op == "call_module" and isinstance(modules.get(str(user.target)), nn.modules.batchnorm._BatchNorm):
-            current = user
-    if len(current.users) == 1:
-        (user,) = current.users
+            point = user
+    if len(point.users) == 1:
+        (user,) = point.users
         if _is_relu(user, modules):
-            return "relu"
-    return None
+            return user, "relu"
+    return point, None
 
 
 def _feeds_output(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:
@@ -263,7 +264,7 @@ def build_inventory(
             macs = out_shape[0] * out_shape[2] * out_shape[3] * module.out_channels * (module.in_channels // module.groups) * k[0] * k[1]
             layers[name] = Layer(
                 name, "conv", module.in_channels, module.out_channels, k, s, p, module.groups, in_shape, out_shape,
-                _fused_activation(node, gm_modules), 2 * macs, params, in_group.get(name), out_group.get(name),
+                fused_output(node, gm_modules)[1], 2 * macs, params, in_group.get(name), out_group.get(name),
                 name in output_layers,
             )
         else:
@@ -271,7 +272,7 @@ def build_inventory(
             macs = rows * module.in_features * module.out_features
             layers[name] = Layer(
                 name, "linear", module.in_features, module.out_features, (1, 1), (1, 1), (0, 0), 1, in_shape, out_shape,
-                _fused_activation(node, gm_modules), 2 * macs, params, in_group.get(name), out_group.get(name),
+                fused_output(node, gm_modules)[1], 2 * macs, params, in_group.get(name), out_group.get(name),
                 name in output_layers,
             )
     if not layers:

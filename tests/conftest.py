@@ -12,6 +12,22 @@ from autocompress.inventory import LayerInventory, build_inventory
 from autocompress.tasks.models import DemoResNet
 
 
+# DemoResNet's compressible layers in graph order; the last one is the classifier.
+RESNET_LAYERS = [
+    "stem.0",
+    "layer1.0.conv1",
+    "layer1.0.conv2",
+    "layer2.0.conv1",
+    "layer2.0.conv2",
+    "layer2.0.shortcut.0",
+    "layer3.0.conv1",
+    "layer3.0.conv2",
+    "layer3.0.shortcut.0",
+    "fc",
+]
+RESNET_CONVS = RESNET_LAYERS[:-1]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
     """Every test writes its cache (teachers, shared latency tables) under a temporary folder."""

@@ -16,6 +16,7 @@ from autocompress.inventory import build_inventory
 from autocompress.latency_lut import OrtCpuBackend, effective_layers
 from autocompress.spaces import SpaceConfig, build_space
 from autocompress.tasks.models import DemoResNet, DenseBlockNet, MobileNetV2Small, VGGSmall
+from conftest import randomize_batchnorm
 
 ARCHITECTURES = {
     "resnet": lambda: DemoResNet(width=8),
@@ -28,13 +29,7 @@ MULTIPLE = 4
 
 def _model(name: str) -> nn.Module:
     torch.manual_seed(0)
-    model = ARCHITECTURES[name]().eval()
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():  # non-trivial BatchNorm, so folding mistakes show
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) * 0.4 - 0.2)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model
+    return randomize_batchnorm(ARCHITECTURES[name](), seed=1).eval()  # folding mistakes show
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))

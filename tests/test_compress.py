@@ -16,18 +16,9 @@ from autocompress.compress import (
     spatial_svd_matrix,
 )
 from autocompress.spaces import Policy, SpaceConfig, build_space
+from conftest import RESNET_CONVS
 
-CONVS = [
-    "stem.0",
-    "layer1.0.conv1",
-    "layer1.0.conv2",
-    "layer2.0.conv1",
-    "layer2.0.conv2",
-    "layer2.0.shortcut.0",
-    "layer3.0.conv1",
-    "layer3.0.conv2",
-    "layer3.0.shortcut.0",
-]
+CONVS = RESNET_CONVS
 ALL_LAYERS = [*CONVS, "fc"]
 MULTIPLE = 4
 

@@ -10,19 +10,9 @@ from autocompress import compress
 from autocompress.export import INTEGER_OPS, export_engine, optimized_op_counts
 from autocompress.latency_lut import OrtCpuBackend
 from autocompress.spaces import Policy, SpaceConfig, build_space
+from conftest import RESNET_LAYERS
 
-LAYERS = [
-    "stem.0",
-    "layer1.0.conv1",
-    "layer1.0.conv2",
-    "layer2.0.conv1",
-    "layer2.0.conv2",
-    "layer2.0.shortcut.0",
-    "layer3.0.conv1",
-    "layer3.0.conv2",
-    "layer3.0.shortcut.0",
-    "fc",
-]
+LAYERS = RESNET_LAYERS
 MULTIPLE = 4
 
 

@@ -6,22 +6,12 @@ from torch import nn
 
 from autocompress.errors import UserError
 from autocompress.inventory import build_inventory
+from conftest import RESNET_LAYERS
 
 
 def test_resnet_layers_found_with_channels_and_shapes(resnet_inventory):
     inv = resnet_inventory
-    assert list(inv.layers) == [
-        "stem.0",
-        "layer1.0.conv1",
-        "layer1.0.conv2",
-        "layer2.0.conv1",
-        "layer2.0.conv2",
-        "layer2.0.shortcut.0",
-        "layer3.0.conv1",
-        "layer3.0.conv2",
-        "layer3.0.shortcut.0",
-        "fc",
-    ]
+    assert list(inv.layers) == RESNET_LAYERS
     stem = inv.layers["stem.0"]
     assert (stem.kind, stem.in_channels, stem.out_channels) == ("conv", 1, 8)
     assert stem.input_shape == (1, 1, 28, 28) and stem.output_shape == (1, 8, 28, 28)

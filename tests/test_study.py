@@ -66,14 +66,14 @@ def test_infeasible_proposals_are_never_fine_tuned(tmp_path, digits_task):
     run_dir = tmp_path / "tight"
     config = _config(run_dir, "0.95x", trials=1)
     run_search(config, task=digits_task)  # measures and calibrates the run's table
-    # An absolute budget at the 30th percentile of the predicted latency of sampled policies:
-    # most proposals are over it, whatever the machine's timing noise.
+    # An absolute budget at the 15th percentile of the predicted latency of sampled policies:
+    # most proposals are over it, even if the machine drifts by tens of percent meanwhile.
     inventory = build_inventory(digits_task.model, digits_task.example_inputs)
     space = build_space(inventory, config.space)
     table = LatencyTable.open(run_dir / "latency_table.json", OrtCpuBackend(), channel_multiple=4)
     rng = random.Random(1)
     predicted = sorted(table.predict_us(inventory, space.sample(rng)) for _ in range(40))
-    budget_us = predicted[int(0.3 * len(predicted))]
+    budget_us = predicted[int(0.15 * len(predicted))]
     tight = tmp_path / "tight2"
     tight.mkdir()
     (tight / "latency_table.json").write_bytes((run_dir / "latency_table.json").read_bytes())

@@ -16,7 +16,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from autocompress.inventory import _is_relu
+from autocompress.inventory import fused_output
 
 __all__ = ["ActFakeQuant", "QuantConv2d", "QuantLinear", "insert_activation_quantizers", "calibrate", "quantize_module"]
 
@@ -124,20 +124,6 @@ def quantize_module(module: nn.Module) -> nn.Module:
     raise TypeError(f"cannot quantize {type(module).__name__}")
 
 
-def _output_point(node: torch.fx.Node, modules: dict) -> torch.fx.Node:
-    """Where a layer's result leaves its fused group: after a sole BatchNorm, then a sole ReLU."""
-    point = node
-    if len(point.users) == 1:
-        (user,) = point.users
-        if user.op == "call_module" and isinstance(modules.get(str(user.target)), nn.modules.batchnorm._BatchNorm):
-            point = user
-    if len(point.users) == 1:
-        (user,) = point.users
-        if _is_relu(user, modules):
-            point = user
-    return point
-
-
 def insert_activation_quantizers(gm: torch.fx.GraphModule) -> int:
     """Add an input and an output quantizer around every weight-quantized layer; return how many."""
     modules = dict(gm.named_modules())
@@ -169,7 +155,7 @@ def insert_activation_quantizers(gm: torch.fx.GraphModule) -> int:
                 # Every float consumer of this tensor that is itself quantized shares q.
                 quantized_of[src] = q
             node.replace_input_with(src, quantized_of[src])
-        point = _output_point(node, modules)
+        point, _ = fused_output(node, modules)
         if any(is_quantizer(u) for u in point.users):
             continue
         q = new_quantizer(point)
