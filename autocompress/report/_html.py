@@ -11,7 +11,7 @@ from autocompress._io import atomic_write_text
 
 __all__ = ["write_report"]
 
-W, H, PAD = 720, 420, 60
+W, H, PAD = 740, 420, 80
 
 
 def _scale(v: float, lo: float, hi: float, a: float, b: float) -> float:
@@ -51,6 +51,10 @@ def _svg(trials: list[Mapping], front: list[Mapping], baseline: Mapping, budget_
     for t in front:
         parts.append(f'<circle class="front-point" cx="{X(t["measured_ms"]):.1f}" cy="{Y(t["metric"]):.1f}" r="6" fill="#1565c0"><title>trial {t["number"]}: {t["metric"]:.4f} at {t["measured_ms"]:.3f} ms</title></circle>')
     parts.append(f'<rect x="{X(baseline["latency_ms"]) - 6:.1f}" y="{Y(baseline["metric"]) - 6:.1f}" width="12" height="12" fill="#2e7d32"><title>original model</title></rect>')
+    legend = [("#2e7d32", "original model"), ("#1565c0", "Pareto front"), ("#999", "other fine-tuned candidates")]
+    for i, (color, label) in enumerate(legend):
+        y = H - PAD - 16 - 16 * (len(legend) - 1 - i)
+        parts.append(f'<circle cx="{W - 210}" cy="{y - 4}" r="5" fill="{color}"/><text x="{W - 200}" y="{y}" font-size="11">{label}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
