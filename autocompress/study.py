@@ -194,7 +194,8 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     # 2. Baseline and budget.
     example = task.example_inputs
     feeds = feeds_for(example)
-    baseline_ms = backend.measure(to_onnx_bytes(task.model, example, dynamic_batch=True), feeds).median_us / 1000
+    original_onnx = to_onnx_bytes(task.model, example, dynamic_batch=True)
+    baseline_ms = backend.measure(original_onnx, feeds).median_us / 1000
     try:
         baseline_metric = evaluate(task.model, task.eval_loader, task.metric)
     except Exception as exc:
@@ -343,8 +344,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
         )
 
     # 5. The front: re-measure candidates interleaved with the baseline, keep those within budget.
-    teacher_bytes = to_onnx_bytes(task.model, example, dynamic_batch=True)
-    result = finalize_run(run_dir, task.metric_name, console, backend, feeds, teacher_bytes, wall_s=time.perf_counter() - t_start)
+    result = finalize_run(run_dir, task.metric_name, console, backend, feeds, original_onnx, wall_s=time.perf_counter() - t_start)
     console.print(f"Done in {time.perf_counter() - t_start:.0f} s: {result.counts}")
     return result
 
