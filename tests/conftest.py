@@ -26,6 +26,15 @@ RESNET_LAYERS = [
     "fc",
 ]
 RESNET_CONVS = RESNET_LAYERS[:-1]
+# Pruning of coupled and single groups, and factorization of 3x3, 1x1 and linear layers.
+RESNET_MIXED_PRUNE_AND_RANK = {
+        "prune/stem.0": 0.5,
+        "prune/layer2.0.conv1": 0.5,
+        "prune/layer3.0.conv1": 0.25,
+        "rank/layer3.0.conv2": 0.5,
+        "rank/layer2.0.shortcut.0": 0.5,
+        "rank/fc": 0.5,
+}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,7 +16,7 @@ from autocompress.compress import (
     spatial_svd_matrix,
 )
 from autocompress.spaces import Policy, SpaceConfig, build_space
-from conftest import RESNET_CONVS
+from conftest import RESNET_MIXED_PRUNE_AND_RANK, RESNET_CONVS
 
 CONVS = RESNET_CONVS
 ALL_LAYERS = [*CONVS, "fc"]
@@ -41,12 +41,7 @@ def _policy(space, **overrides) -> Policy:
 def mixed_policy(space) -> Policy:
     """Prunes (coupled and single groups), quantizes most layers and factorizes 3x3, 1x1 and linear layers."""
     overrides = {
-        "prune/stem.0": 0.5,
-        "prune/layer2.0.conv1": 0.5,
-        "prune/layer3.0.conv1": 0.25,
-        "rank/layer3.0.conv2": 0.5,
-        "rank/layer2.0.shortcut.0": 0.5,
-        "rank/fc": 0.5,
+        **RESNET_MIXED_PRUNE_AND_RANK,
     }
     overrides.update({f"bits/{n}": 8 for n in ALL_LAYERS if n != "layer1.0.conv1"})
     return _policy(space, **overrides)

@@ -10,7 +10,7 @@ from autocompress import compress
 from autocompress.export import INTEGER_OPS, export_engine, optimized_op_counts
 from autocompress.latency_lut import OrtCpuBackend
 from autocompress.spaces import Policy, SpaceConfig, build_space
-from conftest import RESNET_LAYERS
+from conftest import RESNET_MIXED_PRUNE_AND_RANK, RESNET_LAYERS
 
 LAYERS = RESNET_LAYERS
 MULTIPLE = 4
@@ -25,12 +25,7 @@ def _policies(inventory) -> dict[str, Policy]:
     space = build_space(inventory, SpaceConfig(channel_multiple=MULTIPLE))
     int8 = {f"bits/{n}": 8 for n in LAYERS}
     mixed = {
-        "prune/stem.0": 0.5,
-        "prune/layer2.0.conv1": 0.5,
-        "prune/layer3.0.conv1": 0.25,
-        "rank/layer3.0.conv2": 0.5,
-        "rank/layer2.0.shortcut.0": 0.5,
-        "rank/fc": 0.5,
+        **RESNET_MIXED_PRUNE_AND_RANK,
         **{f"bits/{n}": 8 for n in LAYERS if n != "layer1.0.conv1"},
     }
     out = {}
