@@ -8,9 +8,9 @@ and verify -> tell) -> Pareto front -> engines, pareto.json, report.html.
 from __future__ import annotations
 
 import platform
-from collections import Counter
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
