@@ -34,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 def _target_and_space_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the target")
     p.add_argument("--prune-ratios", type=_floats, default=None, help="e.g. 0,0.25,0.5,0.75")
-    p.add_argument("--bits", type=_ints, default=None, help="e.g. 32,8")
+    p.add_argument("--bits", type=_ints, default=None, help="bit widths from 32,16,8,4 (default 32,8,4; 4-bit weights apply to Linear layers)")
     p.add_argument("--rank-ratios", type=_floats, default=None, help="e.g. 1,0.5,0.25")
 
 
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--distill-steps", type=int, default=120, help="fine-tuning steps per candidate")
     s.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
-    s.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    s.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the task's, else 0.01)")
     _target_and_space_options(s)
     s.add_argument("--no-shared-table", action="store_true", help="do not reuse or update the latency table shared across runs")
     s.add_argument("--allow-other-profile", action="store_true", help="reuse a latency table measured on another target")
@@ -95,14 +95,14 @@ def _search(args: argparse.Namespace) -> int:
 
     space = _space_config(args)
     try:
-        distill = DistillConfig(steps=args.distill_steps, temperature=args.temperature, lr=args.lr)
+        distill = DistillConfig(steps=args.distill_steps, temperature=args.temperature, lr=args.lr if args.lr is not None else 0.01)
     except ValueError as exc:
         raise UserError(f"Invalid option: {exc}") from None
     task_name = args.task if ":" not in args.task else Path(args.task.split(":")[0]).stem
     config = SearchConfig(
         task=args.task, latency_budget=args.latency_budget, trials=args.trials,
         run_dir=args.run_dir or f"runs/{task_name}", searcher=args.searcher, seed=args.seed, distill=distill,
-        space=space, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
+        space=space, lr_given=args.lr is not None, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
     )
     run_search(config, console=_console())
     return 0

@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from autocompress.errors import UserError
 
-__all__ = ["Elementwise", "Group", "Layer", "LayerInventory", "build_dependency_graph", "build_inventory", "fused_output", "is_depthwise", "trace"]
+__all__ = ["Elementwise", "Group", "Layer", "LayerInventory", "attention_modules", "build_dependency_graph", "build_inventory", "fused_output", "is_depthwise", "trace"]
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 _RELU_FUNCS = {torch.relu, nn.functional.relu, torch.relu_}
@@ -60,6 +60,7 @@ class Group:
     channels: int
     prunable: bool
     reason: str = ""
+    unit: int = 1  # channels are removed in blocks of this size (an attention head's width)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,16 @@ def trace(model: nn.Module, leaf_types: tuple[type, ...] = ()) -> torch.fx.Graph
             "make forward free of data-dependent Python control flow, or list the offending "
             "submodule in Task.ignored_layers."
         ) from None
+
+
+def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Multi-head attention blocks whose heads can be pruned: modules with ``num_heads``,
+    ``head_dim`` and ``nn.Linear`` projections ``q``, ``k``, ``v`` and ``o``."""
+    found = {}
+    for name, m in model.named_modules():
+        if all(isinstance(getattr(m, p, None), nn.Linear) for p in "qkvo") and isinstance(getattr(m, "head_dim", None), int):
+            found[name] = m
+    return found
 
 
 def _is_grouped_not_depthwise(module: nn.Module) -> bool:
@@ -215,8 +226,11 @@ def build_inventory(
         if node.op == "call_module" and isinstance(gm_modules.get(str(node.target)), LAYER_TYPES):
             if _feeds_output(node, gm_modules):
                 output_layers.add(str(node.target))
+    attention = attention_modules(model)
+    head_layers = {f"{a}.{p}": a for a in attention for p in "qkv"}
     for group in dg.get_all_groups(root_module_types=list(LAYER_TYPES)):
         outs, ins = [], []
+        norms = any(isinstance(dep.target.module, (nn.LayerNorm, nn.Embedding)) for dep, _ in group)
         channels = len(group[0][1])
         for dep, _idxs in group:
             module = dep.target.module
@@ -232,14 +246,24 @@ def build_inventory(
             continue
         gname = outs[0]
         outs, ins = sorted(set(outs)), sorted(set(ins))
+        unit = 1
+        if set(outs) & set(head_layers):  # q, k, v: whole heads go, the output projection follows
+            owner = head_layers[next(n for n in outs if n in head_layers)]
+            gname, unit = f"{owner}.heads", attention[owner].head_dim
+            outs = [f"{owner}.{p}" for p in "qkv"]
+            ins, channels = [f"{owner}.o"], attention[owner].num_heads * unit
         reason = ""
-        if output_layers & set(outs):
+        if set(outs) & set(head_layers) and len(outs) != 3:
+            reason = "attention projections coupled beyond their own block"
+        elif output_layers & set(outs):
             reason = "produces the model output"
         elif ignored & (set(outs) | set(ins)):
             reason = "touches an ignored layer"
         elif any(_is_grouped_not_depthwise(modules[n]) for n in outs + ins):
             reason = "grouped (not depthwise) convolution"
-        groups[gname] = Group(gname, tuple(outs), tuple(ins), channels, prunable=not reason, reason=reason)
+        elif norms and unit == 1:
+            reason = "residual width of a transformer (shared with LayerNorm and embeddings)"
+        groups[gname] = Group(gname, tuple(outs), tuple(ins), channels, prunable=not reason, reason=reason, unit=unit)
         for n in outs:
             out_group[n] = gname
         for n in ins:

@@ -11,7 +11,7 @@ import platform
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,7 @@ class SearchConfig:
     max_proposals_per_trial: int = 50
     share_table: bool = True
     allow_other_profile: bool = False
+    lr_given: bool = False  # distill.lr was set by the user; otherwise the task's own rate applies
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -170,6 +171,13 @@ def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | No
     return previous
 
 
+def task_distill_config(task: Task, config: SearchConfig) -> DistillConfig:
+    """The search's distillation settings with the task's loss, optimizer and (unless the
+    user set one) learning rate."""
+    lr = task.distill_lr if task.distill_lr is not None and not config.lr_given else config.distill.lr
+    return replace(config.distill, loss=task.distill_loss, optimizer=task.distill_optimizer, lr=lr)
+
+
 def run_search(config: SearchConfig, console: Console | None = None, task: Task | None = None) -> RunResult:
     console = console or Console(stderr=False)
     budget = parse_budget(config.latency_budget)
@@ -180,6 +188,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     # 1. Task, inventory, space, target.
     task = task or load_task(config.task)
     previous = _check_run_dir(run_dir, task, config)
+    distill_config = task_distill_config(task, config)
     bench = open_workbench(
         task, config.space, config.threads, run_dir / "latency_table.json", config.share_table, config.allow_other_profile,
         config.calibration_batches,
@@ -198,6 +207,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     baseline_ms = backend.measure(original_onnx, feeds).median_us / 1000
     try:
         baseline_metric = evaluate(task.model, task.eval_loader, task.metric)
+        baseline_extra = {name: evaluate(task.model, task.eval_loader, fn) for name, fn in task.extra_metrics.items()}
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise UserError(
@@ -237,10 +247,10 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
         "task_spec": config.task,
         "task_fingerprint": task.fingerprint,
         "inventory_fingerprint": inventory.fingerprint,
-        "config": {**asdict(config), "distill": asdict(config.distill), "space": asdict(config.space)},
+        "config": {**asdict(config), "distill": asdict(distill_config), "space": asdict(config.space)},
         "metric_name": task.metric_name,
         "higher_is_better": task.higher_is_better,
-        "baseline": {"latency_ms": baseline_ms, "metric": baseline_metric},
+        "baseline": {"latency_ms": baseline_ms, "metric": baseline_metric, "extra_metrics": baseline_extra},
         "budget_ms": budget_ms,
         "profile": table.profile,
         "versions": _versions(),
@@ -296,12 +306,12 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
                 torch.manual_seed(config.seed * 100003 + trial_id)
                 t0 = time.perf_counter()
                 student = bench.candidate(policy)
-                losses = distill(student, task.model, task.train_loader, config.distill)
+                losses = distill(student, task.model, task.train_loader, distill_config)
                 t_ft = time.perf_counter() - t0
                 metric = evaluate(student, task.eval_loader, task.metric)
                 engine = export_engine(
                     student, example, engines_dir / f"trial-{trial_id:04d}.onnx", backend, check_batches,
-                    task.metric, task.eval_loader,
+                    task.metric, task.eval_loader, task.extra_metrics,
                 )
             except Exception as exc:  # one trial's failure must not end the search
                 reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
@@ -410,6 +420,7 @@ def finalize_run(
             "predicted_ms": t["predicted_ms"], "measured_ms": t["measured_ms"], "size_bytes": t["size_bytes"],
             "first_measured_ms": t.get("first_measured_ms"), "speedup": t.get("speedup_vs_original_same_round"),
             "engine": t["engine"], "engine_path": t["engine"]["path"], "summary": t.get("summary", ""),
+            "extra_metrics": t["engine"].get("runtime_extra_metrics", {}),
         })
     summary = {
         "run": str(run_dir), "task": manifest["task"], "metric_name": manifest["metric_name"],
@@ -423,11 +434,14 @@ def finalize_run(
 
     base = manifest["baseline"]
     table = Table(title=f"Pareto front (budget {budget_ms:.3f} ms)")
-    for col in ("trial", task_metric_name, "vs original", "predicted ms", "measured ms", "speedup", "KiB", "policy"):
+    extra_names = list(base.get("extra_metrics", {}))
+    for col in ("trial", task_metric_name, "vs original", *[f"{n} (orig {base['extra_metrics'][n]:.3f})" for n in extra_names],
+                "predicted ms", "measured ms", "speedup", "KiB", "policy"):
         table.add_column(col, justify="right" if col != "policy" else "left", overflow="fold")
     for m in members:
+        extra = [f"{m['extra_metrics'][n]:.4f}" if n in m["extra_metrics"] else "-" for n in extra_names]
         table.add_row(
-            str(m["trial"]), f"{m['metric']:.4f}", f"{m['metric'] - base['metric']:+.4f}", f"{m['predicted_ms']:.3f}",
+            str(m["trial"]), f"{m['metric']:.4f}", f"{m['metric'] - base['metric']:+.4f}", *extra, f"{m['predicted_ms']:.3f}",
             f"{m['measured_ms']:.3f}", f"{m['speedup']:.2f}x", f"{m['size_bytes'] / 1024:.0f}", m["summary"],
         )
     console.print(table)

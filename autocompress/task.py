@@ -11,7 +11,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +21,8 @@ from autocompress.errors import UserError
 __all__ = ["Task", "load_task", "BUILTIN_TASKS", "as_input_tuple"]
 
 Batch = tuple  # (inputs, targets); inputs is a Tensor or a tuple of Tensors
+DISTILL_LOSSES = ("kl", "cosine", "mse")
+DISTILL_OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass
@@ -41,6 +43,12 @@ class Task:
         ignored_layers: Names of modules the search must leave untouched.
         fingerprint: Identifies the model weights and data, so a run directory can refuse
             a different task.
+        distill_loss: What fine-tuning matches to the original model's outputs: "kl"
+            (logits, with temperature), "cosine" (embeddings) or "mse".
+        distill_optimizer: "sgd" (momentum, Nesterov) or "adamw" (what transformers prefer).
+        distill_lr: The task's fine-tuning learning rate; ``--lr`` overrides it.
+        extra_metrics: More ``metric(outputs, targets)`` functions, reported for the
+            original model and for every Pareto member.
     """
 
     name: str
@@ -53,6 +61,10 @@ class Task:
     higher_is_better: bool = True
     ignored_layers: Sequence[str] = field(default_factory=tuple)
     fingerprint: str = ""
+    distill_loss: str = "kl"
+    distill_optimizer: str = "sgd"
+    distill_lr: float | None = None
+    extra_metrics: Mapping[str, Callable[[torch.Tensor, torch.Tensor], float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):
@@ -66,8 +78,14 @@ class Task:
                 f"Task {self.name!r}: `example_inputs` must be a Tensor or a tuple of Tensors "
                 "(one call of the model at the deployment batch size)."
             )
-        if not callable(self.metric):
-            raise UserError(f"Task {self.name!r}: `metric` must be callable as metric(outputs, targets).")
+        if not callable(self.metric) or not all(callable(f) for f in self.extra_metrics.values()):
+            raise UserError(f"Task {self.name!r}: `metric` and `extra_metrics` must be callable as metric(outputs, targets).")
+        if self.distill_loss not in DISTILL_LOSSES:
+            raise UserError(f"Task {self.name!r}: `distill_loss` must be one of {list(DISTILL_LOSSES)}, but got {self.distill_loss!r}.")
+        if self.distill_optimizer not in DISTILL_OPTIMIZERS:
+            raise UserError(
+                f"Task {self.name!r}: `distill_optimizer` must be one of {list(DISTILL_OPTIMIZERS)}, but got {self.distill_optimizer!r}."
+            )
         self.model.eval()
 
 
@@ -86,7 +104,13 @@ def _builtin_demo(**kwargs: object) -> Task:
     return build_demo_task(**kwargs)  # type: ignore[arg-type]
 
 
-BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"demo": _builtin_demo}
+def _builtin_minilm(**kwargs: object) -> Task:
+    from autocompress.tasks.minilm import build_minilm_task
+
+    return build_minilm_task(**kwargs)  # type: ignore[arg-type]
+
+
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"demo": _builtin_demo, "minilm": _builtin_minilm}
 
 
 def load_task(spec: str) -> Task:

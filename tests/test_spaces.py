@@ -112,8 +112,9 @@ def test_space_domains(space, resnet_inventory):
     # The output layer's group is not searchable; every layer has a bit width.
     assert "prune/fc" not in space.domains
     assert "prune/stem.0" in space.domains
-    for name in resnet_inventory.layers:
-        assert space.domains[f"bits/{name}"] == (32, 8)
+    for name, layer in resnet_inventory.layers.items():
+        # 4-bit weights are offered to Linear layers only.
+        assert space.domains[f"bits/{name}"] == ((32, 8, 4) if layer.kind == "linear" else (32, 8))
     # Ratios that round to the same channel count are collapsed: 8 channels, multiple 4.
     assert space.domains["prune/stem.0"] == (0.0, 0.5)
     assert space.domains["prune/layer2.0.conv1"] == (0.0, 0.25, 0.5, 0.75)
@@ -167,7 +168,8 @@ def test_from_params_rejects_out_of_domain(space):
 def test_contains_rejects_foreign_policies(space):
     assert not space.contains(Policy(prune={"fc": 0.5}))  # the output group is not in the space
     assert not space.contains(Policy(prune={"stem.0": 0.25}))
-    assert not space.contains(Policy(bits={"fc": 4}))
+    assert not space.contains(Policy(bits={"fc": 2}))
+    assert not space.contains(Policy(bits={"stem.0": 4}))  # a conv cannot take 4-bit weights
     assert space.contains(Policy(prune={"stem.0": 0.5}, bits={"fc": 8}))
 
 
@@ -180,7 +182,7 @@ def test_extreme_is_in_space_and_most_aggressive(space):
             assert params[name] == max(domain)
         else:
             assert params[name] == min(domain)
-    assert all(b == 8 for b in ext.bits.values()) and len(ext.bits) == 10
+    assert ext.bits == {name: 4 if name == "fc" else 8 for name in ext.bits} and len(ext.bits) == 10
 
 
 def test_sample_reproducible(space):
@@ -196,8 +198,8 @@ def test_sample_reproducible(space):
     [
         {"prune_ratios": (0.0, 1.0)},
         {"prune_ratios": (-0.25,)},
-        {"bits": (32, 4)},
-        {"bits": (16,)},
+        {"bits": (32, 2)},
+        {"bits": (12,)},
         {"rank_ratios": (0.0,)},
         {"rank_ratios": (1.5,)},
         {"channel_multiple": 0},

@@ -1,8 +1,9 @@
 """apply(model, inventory, policy) -> a new, physically smaller, quantized, factorized model.
 
 Stages, each a plain function on a copy of the model: prune coupled groups (channels are
-removed), factorize layers whose rank the policy lowers, then simulate int8 where the
-policy says so. BatchNorm stays in the candidate so that fine-tuning keeps its stable
+removed), factorize layers whose rank the policy lowers, then simulate the precision the
+policy gives each layer (float16, int8 with static or, over token sequences, dynamic
+activation ranges, or 4-bit weights). BatchNorm stays in the candidate so that fine-tuning keeps its stable
 dynamics; :func:`fold_batchnorm` folds it into the preceding layers before export.
 Per-channel symmetric weight quantization commutes with that folding, so the integer
 weights of the engine are the ones fine-tuning saw.
@@ -18,10 +19,13 @@ import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from autocompress.compress._lowrank import LowRankConv2d, LowRankLinear, factorize, spatial_svd_matrix
+from autocompress.compress._lowrank import LowRankConv2d, LowRankLinear, factorize, spatial_svd_matrix, tucker2
 from autocompress.compress._prune import prune_groups
 from autocompress.compress._quant import (
     ActFakeQuant,
+    DynamicQuantLinear,
+    HalfPrecision,
+    Int4Linear,
     QuantConv2d,
     QuantLinear,
     calibrate,
@@ -34,6 +38,9 @@ from autocompress.spaces._space import rank_for
 
 __all__ = [
     "ActFakeQuant",
+    "DynamicQuantLinear",
+    "HalfPrecision",
+    "Int4Linear",
     "LowRankConv2d",
     "LowRankLinear",
     "QuantConv2d",
@@ -43,7 +50,11 @@ __all__ = [
     "factorize",
     "fold_batchnorm",
     "spatial_svd_matrix",
+    "tucker2",
 ]
+
+
+_LEAVES = (QuantConv2d, QuantLinear, ActFakeQuant, DynamicQuantLinear, Int4Linear, HalfPrecision)
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -80,19 +91,21 @@ def apply(
             c_out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
             _set_submodule(student, name, factorize(layer, rank_for(c_in, c_out, ratio, channel_multiple)))
     quantized = False
-    for name in inventory.layers:
-        if policy.bits_of(name) == 8:
-            _set_submodule(student, name, quantize_module(student.get_submodule(name)))
-            quantized = True
+    for name, layer in inventory.layers.items():
+        bits = policy.bits_of(name)
+        if bits != 32:
+            # Linear layers over token sequences quantize their activations per call.
+            dynamic = layer.kind == "linear" and len(layer.input_shape) >= 3
+            _set_submodule(student, name, quantize_module(student.get_submodule(name), bits, dynamic))
+            quantized = quantized or (bits == 8 and not dynamic)
     # Re-trace so factorized layers appear as their two parts; quantized layers stay whole.
-    student = trace(student, leaf_types=(QuantConv2d, QuantLinear, ActFakeQuant))
+    student = trace(student, leaf_types=_LEAVES)
     if quantized:
         insert_activation_quantizers(student)
         calibrate(student, calibration_batches if calibration_batches is not None else [example_inputs])
     return student.eval()
 
 
-_LEAVES = (QuantConv2d, QuantLinear, ActFakeQuant)
 
 
 @torch.no_grad()

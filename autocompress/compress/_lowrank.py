@@ -5,6 +5,8 @@
 - ``Conv2d`` kh x kw -> (kh x 1 conv to ``r`` channels) then (1 x kw conv): spatial SVD of
   the weight reshaped to a ``(in*kh, out*kw)`` matrix. The error before any fine-tuning is
   exactly the truncation error, ``sqrt(sum of the discarded singular values squared)``.
+- :func:`tucker2`: ``Conv2d`` kh x kw -> 1x1 (in -> r_in), kh x kw (r_in -> r_out), 1x1
+  (r_out -> out), from a Tucker-2 decomposition of the weight over its channel modes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LowRankConv2d", "LowRankLinear", "factorize", "spatial_svd_matrix"]
+__all__ = ["LowRankConv2d", "LowRankLinear", "factorize", "spatial_svd_matrix", "tucker2"]
 
 
 class LowRankLinear(nn.Sequential):
@@ -77,3 +79,51 @@ def factorize(module: nn.Module, rank: int) -> nn.Module:
     if bias:
         second.bias.copy_(module.bias)
     return LowRankConv2d(first, second)
+
+
+def _leading(unfolding: torch.Tensor, rank: int) -> torch.Tensor:
+    """The ``rank`` leading left singular vectors of a matrix, as columns."""
+    return torch.linalg.svd(unfolding, full_matrices=False)[0][:, :rank]
+
+
+@torch.no_grad()
+def tucker2(conv: nn.Conv2d, rank_in: int, rank_out: int, *, hooi_iters: int = 0) -> nn.Sequential:
+    """Three convolutions approximating ``conv`` (groups=1) by a Tucker-2 decomposition.
+
+    ``W[out, in, kh, kw] ~= core x_0 U_out x_1 U_in`` becomes a 1x1 conv (in -> rank_in,
+    weight ``U_in^T``, no bias), a kh x kw conv (rank_in -> rank_out, weight ``core``, the
+    original stride, padding, dilation and padding mode, no bias) and a 1x1 conv (rank_out ->
+    out, weight ``U_out``, the original bias). The factors come from the HOSVD: ``U_out`` and
+    ``U_in`` are the leading left singular vectors of the mode-0 and mode-1 unfoldings, and
+    ``core = W x_0 U_out^T x_1 U_in^T``. ``hooi_iters > 0`` refines them with that many
+    HOOI (alternating) iterations, which never increase the error; by default none are run.
+    Ranks above the rank of the corresponding unfolding are lowered to it.
+    """
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"tucker2 needs a Conv2d, not {type(conv).__name__}.")
+    if conv.groups != 1:
+        raise ValueError("tucker2 needs groups=1.")
+    if rank_in < 1 or rank_out < 1 or hooi_iters < 0:
+        raise ValueError(f"ranks must be >= 1 and hooi_iters >= 0, got {rank_in}, {rank_out}, {hooi_iters}.")
+    w = conv.weight.double()
+    out_c, in_c, kh, kw = w.shape
+    rank_out = min(rank_out, out_c, in_c * kh * kw)
+    rank_in = min(rank_in, in_c, out_c * kh * kw)
+    u_out = _leading(w.reshape(out_c, -1), rank_out)
+    u_in = _leading(w.transpose(0, 1).reshape(in_c, -1), rank_in)
+    for _ in range(hooi_iters):
+        u_out = _leading(torch.einsum("oikl,is->oskl", w, u_in).reshape(out_c, -1), rank_out)
+        u_in = _leading(torch.einsum("oikl,or->irkl", w, u_out).reshape(in_c, -1), rank_in)
+    core = torch.einsum("oikl,or,is->rskl", w, u_out, u_in)
+    first = nn.Conv2d(in_c, rank_in, 1, bias=False)
+    middle = nn.Conv2d(
+        rank_in, rank_out, (kh, kw), stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+        bias=False, padding_mode=conv.padding_mode,
+    )
+    last = nn.Conv2d(rank_out, out_c, 1, bias=conv.bias is not None)
+    first.weight.copy_(u_in.T.reshape(rank_in, in_c, 1, 1))
+    middle.weight.copy_(core)
+    last.weight.copy_(u_out.reshape(out_c, rank_out, 1, 1))
+    if conv.bias is not None:
+        last.bias.copy_(conv.bias)
+    return nn.Sequential(first, middle, last).to(device=conv.weight.device, dtype=conv.weight.dtype)

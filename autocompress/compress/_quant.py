@@ -18,7 +18,10 @@ from torch import nn
 
 from autocompress.inventory import fused_output
 
-__all__ = ["ActFakeQuant", "QuantConv2d", "QuantLinear", "insert_activation_quantizers", "calibrate", "quantize_module"]
+__all__ = [
+    "ActFakeQuant", "DynamicQuantLinear", "HalfPrecision", "INT4_BLOCK", "Int4Linear", "QuantConv2d", "QuantLinear",
+    "calibrate", "dynamic_fake_quant", "insert_activation_quantizers", "int4_block_weight", "quantize_module",
+]
 
 
 class ActFakeQuant(nn.Module):
@@ -109,19 +112,148 @@ class QuantLinear(_WeightFakeQuant, nn.Linear):
         return nn.functional.linear(x, self._quant_weight(), self.bias)
 
 
-def quantize_module(module: nn.Module) -> nn.Module:
-    """The int8 (fake-quant) version of a Conv2d or Linear, or of each part of a factorized one."""
-    if isinstance(module, (QuantConv2d, QuantLinear)):
+def _copy_linear(cls: type, linear: nn.Linear) -> nn.Linear:
+    q = cls(linear.in_features, linear.out_features, linear.bias is not None)
+    with torch.no_grad():
+        q.weight.copy_(linear.weight)
+        if linear.bias is not None:
+            q.bias.copy_(linear.bias)
+    return q
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` written so that the exporter emits MatMul (never Gemm), the
+    op ONNX Runtime's dynamic and 4-bit quantizers rewrite."""
+    y = torch.matmul(x, weight.t())
+    return y + bias if bias is not None else y
+
+
+def dynamic_fake_quant(x: torch.Tensor) -> torch.Tensor:
+    """uint8 fake quantization with the range of ``x`` itself, as ONNX DynamicQuantizeLinear
+    computes it at run time (range widened to include 0); gradients pass straight through."""
+    with torch.no_grad():
+        lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+        scale = max((hi - lo) / 255.0, 1e-8)
+        zero_point = int(min(255, max(0, round(-lo / scale))))
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+
+
+class DynamicQuantLinear(_WeightFakeQuant, nn.Linear):
+    """int8 weights per output channel, activations quantized per call with their own range.
+
+    For token sequences a static activation range is a poor fit (a transformer's activation
+    outliers move from sentence to sentence). The engine runs ONNX Runtime's dynamic
+    quantization (DynamicQuantizeLinear and MatMulInteger, fused to DynamicQuantizeMatMul);
+    the export writes the float MatMul with the int8-grid weights and
+    :func:`autocompress.latency_lut.to_onnx_bytes` quantizes it, exactly, in the graph.
+    """
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> "DynamicQuantLinear":
+        q = _copy_linear(cls, linear)
+        q._init_quant()
+        return q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():  # to_onnx_bytes has put the weight on its grid
+            return _matmul(x, self.weight, self.bias)
+        return nn.functional.linear(dynamic_fake_quant(x), self._quant_weight(), self.bias)
+
+    def export_weight(self) -> torch.Tensor:
+        """The weight on its int8 grid, as a constant for the export."""
+        with torch.no_grad():
+            s = self.weight_scale.view(-1, 1)
+            return (torch.round(self.weight / s).clamp(-127, 127) * s).detach()
+
+
+INT4_BLOCK = 32
+
+
+def int4_block_weight(weight: torch.Tensor, block: int = INT4_BLOCK) -> torch.Tensor:
+    """Symmetric 4-bit fake quantization in blocks of ``block`` input features, on the grid
+    ONNX Runtime's MatMulNBits quantizer uses: per block, the value of largest magnitude maps
+    to -8 and the others round to [-8, 7]. Gradients pass straight through."""
+    out_f, in_f = weight.shape
+    pad = (-in_f) % block
+    w = nn.functional.pad(weight, (0, pad)).view(out_f, -1, block)
+    with torch.no_grad():
+        idx = w.abs().argmax(dim=-1, keepdim=True)
+        scale = torch.gather(w, -1, idx) / -8.0
+        scale = torch.where(scale == 0, torch.full_like(scale, 1e-12), scale)
+        q = torch.clamp(torch.round(w / scale), -8, 7) * scale
+    return (w + (q - w).detach()).view(out_f, -1)[:, :in_f]
+
+
+class Int4Linear(nn.Linear):
+    """4-bit weights in blocks of 32 (float activations): ONNX Runtime's MatMulNBits, which
+    pays where the layer is memory-bound (few rows, as at batch 1)."""
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> "Int4Linear":
+        return _copy_linear(cls, linear)  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():  # to_onnx_bytes has put the weight on its grid
+            return _matmul(x, self.weight, self.bias)
+        return nn.functional.linear(x, int4_block_weight(self.weight), self.bias)
+
+    def export_weight(self) -> torch.Tensor:
+        """The weight on its 4-bit grid, as a constant for the export."""
+        with torch.no_grad():
+            return int4_block_weight(self.weight).detach()
+
+
+class HalfPrecision(nn.Module):
+    """Runs a Conv2d or Linear in float16 (inputs cast in, outputs cast back to float32).
+
+    Training simulates it by rounding inputs and weights to float16, which keeps float32
+    gradients; the export casts for real, so the runtime uses its float16 kernels.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        if torch.onnx.is_in_onnx_export():
+            w = layer.weight.half()
+            b = layer.bias.half() if layer.bias is not None else None
+            xh = x.half()
+        else:
+            w = layer.weight + (layer.weight.half().float() - layer.weight).detach()
+            b = layer.bias
+            xh = x + (x.half().float() - x).detach()
+        if isinstance(layer, nn.Conv2d):
+            y = layer._conv_forward(xh, w, b)
+        else:
+            y = nn.functional.linear(xh, w, b)
+        return y.float()
+
+
+def quantize_module(module: nn.Module, bits: int = 8, dynamic: bool = False) -> nn.Module:
+    """The reduced-precision version of a Conv2d or Linear, or of each part of a factorized
+    one: ``bits`` 16 (float16), 8 (int8; ``dynamic`` activations for Linear layers) or 4
+    (4-bit weights, Linear only)."""
+    if isinstance(module, (QuantConv2d, QuantLinear, DynamicQuantLinear, Int4Linear, HalfPrecision)):
         return module
-    if isinstance(module, nn.Conv2d):
-        return QuantConv2d.from_float(module)
-    if isinstance(module, nn.Linear):
-        return QuantLinear.from_float(module)
     if isinstance(module, nn.Sequential):
         for i, child in enumerate(list(module)):
-            module[i] = quantize_module(child)
+            module[i] = quantize_module(child, bits, dynamic)
         return module
-    raise TypeError(f"cannot quantize {type(module).__name__}")
+    if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        raise TypeError(f"cannot quantize {type(module).__name__}")
+    if bits == 16:
+        return HalfPrecision(module)
+    if bits == 4:
+        if not isinstance(module, nn.Linear):
+            raise ValueError("4-bit weights apply to Linear layers only (ONNX Runtime's MatMulNBits)")
+        return Int4Linear.from_float(module)
+    if bits != 8:
+        raise ValueError(f"unsupported bit width {bits}")
+    if isinstance(module, nn.Conv2d):
+        return QuantConv2d.from_float(module)
+    return DynamicQuantLinear.from_float(module) if dynamic else QuantLinear.from_float(module)
 
 
 def insert_activation_quantizers(gm: torch.fx.GraphModule) -> int:

@@ -7,9 +7,9 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from autocompress.task import as_input_tuple
+from autocompress.task import DISTILL_LOSSES, DISTILL_OPTIMIZERS, as_input_tuple
 
-__all__ = ["DistillConfig", "DivergedError", "distill"]
+__all__ = ["DistillConfig", "DivergedError", "distill", "output_loss"]
 
 # oneDNN 3.12 in torch 2.13.0+cpu can crash ("double free or corruption") in the backward
 # of strided 1x1 convs on channels_last tensors (which grayscale images become) for some
@@ -26,8 +26,11 @@ class DivergedError(RuntimeError):
 class DistillConfig:
     """Knowledge distillation from the original model, for a bounded number of steps.
 
-    The loss is ``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` on logits, plus
-    ``hard_label_weight * cross_entropy(student, targets)`` when targets are class ids.
+    ``loss``: "kl" is ``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` on logits;
+    "cosine" is ``1 - cos(student, teacher)`` per sample (embeddings); "mse" is the mean
+    squared error. ``hard_label_weight * cross_entropy(student, targets)`` is added when
+    targets are class ids. ``optimizer`` is "sgd" (momentum, Nesterov) or "adamw"; both
+    follow a cosine schedule.
     """
 
     steps: int = 100
@@ -35,6 +38,8 @@ class DistillConfig:
     lr: float = 0.01
     momentum: float = 0.9
     hard_label_weight: float = 0.0
+    loss: str = "kl"
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -43,6 +48,10 @@ class DistillConfig:
             raise ValueError(f"`temperature` must be > 0, but got {self.temperature!r}.")
         if not self.lr > 0:
             raise ValueError(f"`lr` must be > 0, but got {self.lr!r}.")
+        if self.loss not in DISTILL_LOSSES:
+            raise ValueError(f"`loss` must be one of {list(DISTILL_LOSSES)}, but got {self.loss!r}.")
+        if self.optimizer not in DISTILL_OPTIMIZERS:
+            raise ValueError(f"`optimizer` must be one of {list(DISTILL_OPTIMIZERS)}, but got {self.optimizer!r}.")
 
 
 def _trim(inputs: tuple[torch.Tensor, ...], targets: object) -> tuple[tuple[torch.Tensor, ...], object] | None:
@@ -67,6 +76,19 @@ def _forever(loader: Iterable):
             raise ValueError("the training loader yielded no batch; distillation needs data.")
 
 
+def output_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
+    """The distillation loss between student and teacher outputs (see :class:`DistillConfig`)."""
+    if kind == "cosine":
+        return (1.0 - nn.functional.cosine_similarity(student, teacher, dim=-1)).mean()
+    if kind == "mse":
+        return nn.functional.mse_loss(student, teacher)
+    T = temperature
+    return nn.functional.kl_div(
+        nn.functional.log_softmax(student / T, dim=-1), nn.functional.log_softmax(teacher / T, dim=-1),
+        reduction="batchmean", log_target=True,
+    ) * (T * T)
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -84,7 +106,10 @@ def distill(
     teacher.eval()
     student.train()
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True)
+    if config.optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    else:
+        opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
     T = config.temperature
     batches = _forever(loader)
@@ -97,12 +122,7 @@ def distill(
         with torch.no_grad():
             t_logits = teacher(*inputs)
         s_logits = student(*inputs)
-        loss = nn.functional.kl_div(
-            nn.functional.log_softmax(s_logits / T, dim=-1),
-            nn.functional.log_softmax(t_logits / T, dim=-1),
-            reduction="batchmean",
-            log_target=True,
-        ) * (T * T)
+        loss = output_loss(s_logits, t_logits, config.loss, T)
         if config.hard_label_weight and isinstance(targets, torch.Tensor) and targets.dtype == torch.int64:
             loss = loss + config.hard_label_weight * nn.functional.cross_entropy(s_logits, targets)
         value = float(loss.detach())

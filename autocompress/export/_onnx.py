@@ -5,7 +5,7 @@ import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import onnx
 import torch
@@ -43,6 +43,7 @@ class Engine:
     latency_p10_us: float = 0.0
     latency_p90_us: float = 0.0
     runtime_metric: float | None = None
+    runtime_extra_metrics: dict = field(default_factory=dict)
     ok: bool = True
     problems: tuple[str, ...] = ()
 
@@ -73,8 +74,12 @@ def export_engine(
     check_batches: Iterable | None = None,
     metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     eval_loader: Iterable | None = None,
+    extra_metrics: Mapping[str, Callable[[torch.Tensor, torch.Tensor], float]] | None = None,
 ) -> Engine:
-    """Export ``model`` to ONNX at ``path`` (dynamic batch), then verify and time it."""
+    """Export ``model`` to ONNX at ``path`` (dynamic batch), then verify and time it.
+
+    With ``eval_loader``, ``metric`` and each of ``extra_metrics`` are computed from the
+    engine's own outputs in ONNX Runtime."""
     model = model.eval()
     data = to_onnx_bytes(model, example_inputs, dynamic_batch=True)
     atomic_write_bytes(path, data)
@@ -110,13 +115,15 @@ def export_engine(
             problems.append(f"only {sum(counts.values())} of {int8_layers} int8 layers run as integer kernels")
 
     timing = backend.measure(data, feeds_for(example_inputs))
-    runtime_metric = None
+    runtime_metric, runtime_extra = None, {}
     if metric is not None and eval_loader is not None and ort_run is not None:
         outs, targets = [], []
         for inputs, target in eval_loader:
             outs.append(ort_run(*as_input_tuple(inputs)))
             targets.append(target)
-        runtime_metric = float(metric(torch.cat(outs), torch.cat(targets)))
+        outputs, target_all = torch.cat(outs), torch.cat(targets)
+        runtime_metric = float(metric(outputs, target_all))
+        runtime_extra = {name: float(fn(outputs, target_all)) for name, fn in (extra_metrics or {}).items()}
     return Engine(
         path=str(path),
         format="onnx-int8" if int8_layers else "onnx",
@@ -132,6 +139,7 @@ def export_engine(
         latency_p10_us=timing.p10_us,
         latency_p90_us=timing.p90_us,
         runtime_metric=runtime_metric,
+        runtime_extra_metrics=runtime_extra,
         ok=not problems,
         problems=tuple(problems),
     )

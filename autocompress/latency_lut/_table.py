@@ -30,7 +30,7 @@ from autocompress.errors import UserError
 from autocompress.inventory import Elementwise, Layer, LayerInventory, is_depthwise
 from autocompress.latency_lut._backend import LatencyBackend, Measurement, profile_id
 from autocompress.latency_lut._onnx import feeds_for, to_onnx_bytes
-from autocompress.spaces import Policy, SearchSpace, kept_channels
+from autocompress.spaces import Policy, SearchSpace, kept_for
 
 __all__ = ["Calibration", "ElementwiseChoiceShape", "LatencyTable", "LayerChoiceShape", "effective_elementwise", "effective_layers"]
 
@@ -82,14 +82,14 @@ def effective_elementwise(inventory: LayerInventory, policy: Policy, channel_mul
     out = []
     for op in inventory.elementwise.values():
         group = inventory.groups.get(op.group) if op.group else None
-        channels = kept_channels(group.channels, policy.prune_ratio(group.name), channel_multiple) if group else op.shape[1]
+        channels = kept_for(group, policy.prune_ratio(group.name), channel_multiple) if group else op.shape[1]
         out.append(ElementwiseChoiceShape(op, channels))
     return out
 
 
 def effective_layers(inventory: LayerInventory, policy: Policy, channel_multiple: int) -> list[LayerChoiceShape]:
     kept: dict[str, int] = {
-        g.name: kept_channels(g.channels, policy.prune_ratio(g.name), channel_multiple) for g in inventory.groups.values()
+        g.name: kept_for(g, policy.prune_ratio(g.name), channel_multiple) for g in inventory.groups.values()
     }
     out = []
     for layer in inventory.layers.values():
@@ -307,7 +307,7 @@ class LatencyTable:
 
         def counts(group: str | None, full: int) -> list[int]:
             domain = space.domains.get(f"prune/{group}") if group else None
-            return sorted({kept_channels(full, r, cfg.channel_multiple) for r in domain}) if domain else [full]
+            return sorted({kept_for(inventory.groups[group], r, cfg.channel_multiple) for r in domain}) if domain else [full]
 
         seen: dict[str, LayerChoiceShape] = {}
         for layer in inventory.layers.values():

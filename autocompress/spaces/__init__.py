@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from autocompress.spaces._space import BITS_CHOICES, Policy, SearchSpace, SpaceConfig, build_space, kept_channels
+from autocompress.spaces._space import BITS_CHOICES, Policy, SearchSpace, SpaceConfig, build_space, kept_channels, kept_for
 
-__all__ = ["BITS_CHOICES", "Policy", "SearchSpace", "SpaceConfig", "build_space", "kept_channels"]
+__all__ = ["BITS_CHOICES", "Policy", "SearchSpace", "SpaceConfig", "build_space", "kept_channels", "kept_for"]

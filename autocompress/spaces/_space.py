@@ -6,11 +6,13 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from autocompress.inventory import Layer, LayerInventory
+from autocompress.inventory import Group, Layer, LayerInventory
 
-__all__ = ["BITS_CHOICES", "Policy", "SearchSpace", "SpaceConfig", "build_space", "kept_channels"]
+__all__ = ["BITS_CHOICES", "Policy", "SearchSpace", "SpaceConfig", "build_space", "kept_channels", "kept_for"]
 
-BITS_CHOICES = (32, 8)  # fp32 and int8 (weights per channel, activations per tensor)
+# 32: float32; 16: float16; 8: int8 (weights per channel, activations per tensor: static
+# ranges, or per call over token sequences); 4: 4-bit weights in blocks (Linear layers only).
+BITS_CHOICES = (32, 16, 8, 4)
 FULL_RANK = 1.0
 
 
@@ -28,6 +30,14 @@ def kept_channels(channels: int, prune_ratio: float, multiple: int) -> int:
     return int(min(channels, max(multiple, kept)))
 
 
+def kept_for(group: Group, prune_ratio: float, multiple: int) -> int:
+    """Channels a group keeps: rounded to ``multiple`` channels, or to whole units (attention
+    heads) when the group prunes in units."""
+    if group.unit > 1:
+        return group.unit * kept_channels(group.channels // group.unit, prune_ratio, 1)
+    return kept_channels(group.channels, prune_ratio, multiple)
+
+
 def rank_for(layer_in: int, layer_out: int, ratio: float, multiple: int) -> int:
     """Rank used for a factorized layer: ``ratio`` of min(in, out), rounded to ``multiple``."""
     base = min(layer_in, layer_out)
@@ -39,7 +49,7 @@ class SpaceConfig:
     """Which choices the search may make. Ratios are fractions of the original width."""
 
     prune_ratios: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
-    bits: tuple[int, ...] = (32, 8)
+    bits: tuple[int, ...] = (32, 8, 4)
     rank_ratios: tuple[float, ...] = (1.0, 0.5, 0.25)
     channel_multiple: int = 8
 
@@ -189,17 +199,23 @@ def _rank_choices(layer: Layer, config: SpaceConfig) -> tuple[float, ...]:
     return tuple(choices)
 
 
+def bits_choices(layer: Layer, config: SpaceConfig) -> tuple[int, ...]:
+    """The bit widths ``layer`` can take: 4-bit weights are for Linear layers only."""
+    return tuple(sorted((b for b in config.bits if b != 4 or layer.kind == "linear"), reverse=True))
+
+
 def build_space(inventory: LayerInventory, config: SpaceConfig = SpaceConfig()) -> SearchSpace:
     domains: dict[str, tuple] = {}
     for group in inventory.prunable_groups():
         counts: dict[int, float] = {}
         for ratio in sorted(config.prune_ratios):
-            counts.setdefault(kept_channels(group.channels, ratio, config.channel_multiple), ratio)
+            counts.setdefault(kept_for(group, ratio, config.channel_multiple), ratio)
         if len(counts) > 1:
             domains[f"prune/{group.name}"] = tuple(sorted(counts.values()))
     for layer in inventory.layers.values():
-        if len(config.bits) > 1:
-            domains[f"bits/{layer.name}"] = tuple(sorted(config.bits, reverse=True))
+        bits = bits_choices(layer, config)
+        if len(bits) > 1:
+            domains[f"bits/{layer.name}"] = bits
         ranks = _rank_choices(layer, config)
         if len(ranks) > 1:
             domains[f"rank/{layer.name}"] = ranks
