@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 .PHONY: install demo test test-all clean
 
 $(STAMP): pyproject.toml
+	@# WordNet's sentences (Debian's wordnet-base) are the minilm task's text.
+	@test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null; } \
+		|| echo "note: WordNet text is missing; the minilm task needs it: apt-get install wordnet-base"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

@@ -31,7 +31,7 @@ from autocompress.inventory import build_inventory
 from autocompress.latency_lut import LatencyTable, OrtCpuBackend, feeds_for, to_onnx_bytes
 from autocompress.report import pareto_front, write_report
 from autocompress.search import SAMPLERS, OptunaSearcher, Outcome
-from autocompress.spaces import Policy, SpaceConfig, build_space
+from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
 from autocompress.task import Task, as_input_tuple, load_task
 
 __all__ = ["SearchConfig", "RunResult", "Workbench", "finalize_run", "open_workbench", "run_search"]
@@ -143,11 +143,28 @@ def _versions() -> dict:
     }
 
 
+def seed_policies(space: SearchSpace) -> list[Policy]:
+    """Policies tried first: int8 everywhere, then int8 with the lightest pruning of every
+    group. Over-budget ones cost nothing (the latency table rejects them)."""
+    params = space.to_params(Policy())
+    for name, domain in space.domains.items():
+        if name.startswith("bits/") and 8 in domain:
+            params[name] = 8
+    seeds = [space.from_params(params)]
+    pruned = dict(params)
+    for name, domain in space.domains.items():
+        if name.startswith("prune/"):
+            pruned[name] = min((r for r in domain if r > 0), default=0.0)
+    seeds.append(space.from_params(pruned))
+    return [p for i, p in enumerate(seeds) if p not in seeds[:i] and p != Policy()]
+
+
 def _summarize_policy(policy: Policy, n_layers: int) -> str:
-    int8 = sum(1 for b in policy.bits.values() if b == 8)
+    counts = Counter(policy.bits.values())
+    bits = ", ".join(f"{name} {counts[b]}/{n_layers}" for b, name in ((8, "int8"), (4, "int4"), (16, "fp16")) if counts[b])
     pruned = [r for r in policy.prune.values() if r > 0]
     mean = (sum(pruned) / len(pruned)) if pruned else 0.0
-    return f"int8 {int8}/{n_layers}, prune {len(pruned)}g~{mean:.0%}, rank {len(policy.rank)}"
+    return f"{bits or 'fp32'}, prune {len(pruned)}g~{mean:.0%}, rank {len(policy.rank)}"
 
 
 def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | None:
@@ -263,6 +280,9 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     searcher = OptunaSearcher.create(space, storage, "autocompress", config.searcher, config.seed, task.higher_is_better)
     interrupted = searcher.abandon_running()
+    if not searcher.study.get_trials(deepcopy=False):
+        for policy in seed_policies(space):  # the uniform baselines every method is compared with
+            searcher.enqueue(policy)
     if interrupted:
         console.print(f"Marked {interrupted} interrupted trial(s) of the previous process as failed.")
     completed = [t for t in searcher.study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "completed"]

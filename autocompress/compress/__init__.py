@@ -30,6 +30,7 @@ from autocompress.compress._quant import (
     QuantLinear,
     calibrate,
     insert_activation_quantizers,
+    int4_block_weight,
     quantize_module,
 )
 from autocompress.inventory import LayerInventory, trace
@@ -49,6 +50,7 @@ __all__ = [
     "calibrate",
     "factorize",
     "fold_batchnorm",
+    "int4_block_weight",
     "spatial_svd_matrix",
     "tucker2",
 ]

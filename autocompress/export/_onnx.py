@@ -12,22 +12,30 @@ import torch
 from torch import nn
 
 from autocompress._io import atomic_write_bytes
-from autocompress.compress import QuantConv2d, QuantLinear
+from autocompress.compress import DynamicQuantLinear, HalfPrecision, Int4Linear, QuantConv2d, QuantLinear
 from autocompress.latency_lut import LatencyBackend, OrtCpuBackend, feeds_for, to_onnx_bytes
 from autocompress.task import as_input_tuple
 
 __all__ = ["INTEGER_OPS", "Engine", "export_engine", "optimized_op_counts"]
 
 INTEGER_OPS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "MatMulNBits", "DynamicQuantizeMatMul")
-# A float engine must match PyTorch to float rounding; an int8 engine may differ by a few
-# quantization steps where the runtime's integer requantization rounds differently.
+# A float engine must match PyTorch to float rounding; a float16 one to half-precision
+# rounding; an integer engine may differ by a few quantization steps where the runtime's
+# requantization rounds differently.
 FP32_TOLERANCE = 1e-3
+FP16_TOLERANCE = 1e-2
 INT8_TOLERANCE = 0.1
+# Dynamic int8 and 4-bit layers derive activation scales at run time in the runtime's own
+# float arithmetic, so rounding flips add up across layers; such engines must also agree
+# with PyTorch in direction (mean cosine similarity of the outputs of each input).
+RUNTIME_QUANT_TOLERANCE = 0.2
+MIN_OUTPUT_COSINE = 0.99
 
 
 @dataclass(frozen=True)
 class Engine:
-    """An exported, verified engine. Errors are relative: max |ort - torch| / max |torch|."""
+    """An exported, verified engine. Errors are relative: max |ort - torch| / max |torch|;
+    ``output_cosine`` is the mean cosine similarity of ORT's and PyTorch's output per input."""
 
     path: str
     format: str
@@ -37,6 +45,7 @@ class Engine:
     relative_error: float
     tolerance: float
     top1_agreement: float | None
+    output_cosine: float
     int8_layers: int
     integer_nodes: dict = field(default_factory=dict)
     latency_us: float = 0.0
@@ -63,7 +72,8 @@ def optimized_op_counts(model: bytes | Path, backend: OrtCpuBackend) -> Counter:
 
 
 def _int8_layer_count(model: nn.Module) -> int:
-    return sum(isinstance(m, (QuantConv2d, QuantLinear)) for m in model.modules())
+    """Layers that must run as integer kernels (int8, and 4-bit weights)."""
+    return sum(isinstance(m, (QuantConv2d, QuantLinear, DynamicQuantLinear, Int4Linear)) for m in model.modules())
 
 
 def export_engine(
@@ -91,7 +101,7 @@ def export_engine(
 
     # Parity on held-out inputs.
     inputs_list = [as_input_tuple(b[0]) for b in (check_batches or [])] or [example_inputs]
-    max_abs, ref_max, agree, total = 0.0, 0.0, 0, 0
+    max_abs, ref_max, agree, total, cosines = 0.0, 0.0, 0, 0, []
     with torch.no_grad():
         for inputs in inputs_list:
             ref = model(*inputs)
@@ -99,13 +109,20 @@ def export_engine(
             got = ort_run(*inputs) if ort_run else ref
             max_abs = max(max_abs, float((got - ref).abs().max()))
             ref_max = max(ref_max, float(ref.abs().max()))
+            cosines.append(torch.nn.functional.cosine_similarity(got.flatten(1).double(), ref.flatten(1).double(), dim=1))
             if ref.dim() == 2 and ref.shape[1] > 1:
                 agree += int((got.argmax(1) == ref.argmax(1)).sum())
                 total += ref.shape[0]
     rel = max_abs / max(ref_max, 1e-12)
-    tolerance = INT8_TOLERANCE if int8_layers else FP32_TOLERANCE
+    half = any(isinstance(m, HalfPrecision) for m in model.modules())
+    runtime_quant = any(isinstance(m, (DynamicQuantLinear, Int4Linear)) for m in model.modules())
+    tolerance = (RUNTIME_QUANT_TOLERANCE if runtime_quant else INT8_TOLERANCE if int8_layers
+                 else FP16_TOLERANCE if half else FP32_TOLERANCE)
     if rel > tolerance:
         problems.append(f"outputs differ from PyTorch by {rel:.3g} (relative), over the tolerance {tolerance}")
+    output_cosine = float(torch.cat(cosines).mean())
+    if int8_layers and output_cosine < MIN_OUTPUT_COSINE:
+        problems.append(f"outputs point away from PyTorch's (mean cosine {output_cosine:.4f} < {MIN_OUTPUT_COSINE})")
 
     counts: dict = {}
     if isinstance(backend, OrtCpuBackend):
@@ -133,6 +150,7 @@ def export_engine(
         relative_error=rel,
         tolerance=tolerance,
         top1_agreement=(agree / total) if total else None,
+        output_cosine=output_cosine,
         int8_layers=int8_layers,
         integer_nodes=counts,
         latency_us=timing.median_us,

@@ -88,12 +88,13 @@ def quantize_weight_only_layers(data: bytes, model: nn.Module) -> bytes:
     int4 = [m for m in model.modules() if isinstance(m, Int4Linear)]
     if not dynamic and not int4:
         return data
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
     proto = onnx.load_from_string(data)
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _quiet_root_logger():
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _quiet_quantizer_logs():
         warnings.simplefilter("ignore")
         if dynamic:
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
             nodes = _matmul_nodes(proto.graph, dynamic)
             if len(nodes) < len(dynamic):
                 raise RuntimeError(f"found {len(nodes)} MatMul nodes for {len(dynamic)} dynamic int8 layers in the export")
@@ -102,8 +103,6 @@ def quantize_weight_only_layers(data: bytes, model: nn.Module) -> bytes:
                              nodes_to_quantize=nodes, extra_options={"MatMulConstBOnly": True})
             proto = onnx.load(str(out))
         if int4:
-            from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
             nodes = _matmul_nodes(proto.graph, int4)
             if len(nodes) < len(int4):
                 raise RuntimeError(f"found {len(nodes)} MatMul nodes for {len(int4)} 4-bit layers in the export")
@@ -116,15 +115,17 @@ def quantize_weight_only_layers(data: bytes, model: nn.Module) -> bytes:
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():
-    """ONNX Runtime's quantization tools log advice through the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+def _quiet_quantizer_logs():
+    """ONNX Runtime's quantization tools log advice and progress at INFO and WARNING."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        root.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def feeds_for(example_inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:

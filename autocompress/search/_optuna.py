@@ -59,6 +59,10 @@ class OptunaSearcher:
         self._live[trial.number] = trial
         return trial.number, self.space.from_params(params)
 
+    def enqueue(self, policy: Policy) -> None:
+        """Have ``policy`` proposed before the sampler's own choices."""
+        self.study.enqueue_trial(self.space.to_params(policy), skip_if_exists=True)
+
     def record(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
         trial = self._live[trial_id]
         for k, v in attrs.items():
