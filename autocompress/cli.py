@@ -36,6 +36,8 @@ def _target_and_space_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune-ratios", type=_floats, default=None, help="e.g. 0,0.25,0.5,0.75")
     p.add_argument("--bits", type=_ints, default=None, help="bit widths from 32,16,8,4 (default 32,8,4; 4-bit weights apply to Linear layers)")
     p.add_argument("--rank-ratios", type=_floats, default=None, help="e.g. 1,0.5,0.25")
+    p.add_argument("--importance", choices=("l1", "l2", "taylor"), default=None,
+                   help="which channels pruning removes: weight magnitude (l1, default; l2) or first-order Taylor on data")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--distill-steps", type=int, default=120, help="fine-tuning steps per candidate")
     s.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
+    s.add_argument("--feature-weight", type=float, default=0.0,
+                   help="weight of intermediate-feature matching (the task's feature_layers) added to the output loss")
     s.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the task's, else 0.01)")
     _target_and_space_options(s)
     s.add_argument("--no-shared-table", action="store_true", help="do not reuse or update the latency table shared across runs")
@@ -82,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _space_config(args: argparse.Namespace):
     from autocompress.spaces import SpaceConfig
 
-    kwargs = {k: v for k, v in {"prune_ratios": args.prune_ratios, "bits": args.bits, "rank_ratios": args.rank_ratios}.items() if v is not None}
+    kwargs = {k: v for k, v in {"prune_ratios": args.prune_ratios, "bits": args.bits, "rank_ratios": args.rank_ratios,
+                                "importance": getattr(args, "importance", None)}.items() if v is not None}
     try:
         return SpaceConfig(**kwargs)
     except ValueError as exc:
@@ -95,7 +100,8 @@ def _search(args: argparse.Namespace) -> int:
 
     space = _space_config(args)
     try:
-        distill = DistillConfig(steps=args.distill_steps, temperature=args.temperature, lr=args.lr if args.lr is not None else 0.01)
+        distill = DistillConfig(steps=args.distill_steps, temperature=args.temperature, lr=args.lr if args.lr is not None else 0.01,
+                                feature_weight=args.feature_weight)
     except ValueError as exc:
         raise UserError(f"Invalid option: {exc}") from None
     task_name = args.task if ":" not in args.task else Path(args.task.split(":")[0]).stem

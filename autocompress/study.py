@@ -92,7 +92,10 @@ class Workbench:
     _original_onnx: bytes | None = None
 
     def candidate(self, policy: Policy) -> torch.nn.Module:
-        return compress.apply(self.task.model, self.inventory, policy, self.task.example_inputs, self.calib_batches, self.channel_multiple)
+        return compress.apply(
+            self.task.model, self.inventory, policy, self.task.example_inputs, self.calib_batches, self.channel_multiple,
+            self.space.config.importance,
+        )
 
     def measure_policy(self, policy: Policy) -> float:
         """Build, export and time the candidate ``policy`` describes, end to end (us)."""
@@ -192,7 +195,10 @@ def task_distill_config(task: Task, config: SearchConfig) -> DistillConfig:
     """The search's distillation settings with the task's loss, optimizer and (unless the
     user set one) learning rate."""
     lr = task.distill_lr if task.distill_lr is not None and not config.lr_given else config.distill.lr
-    return replace(config.distill, loss=task.distill_loss, optimizer=task.distill_optimizer, lr=lr)
+    features = tuple(config.distill.feature_layers or task.feature_layers) if config.distill.feature_weight > 0 else ()
+    if config.distill.feature_weight > 0 and not features:
+        raise UserError(f"--feature-weight needs feature layers, and task {task.name!r} names none; set Task.feature_layers.")
+    return replace(config.distill, loss=task.distill_loss, optimizer=task.distill_optimizer, lr=lr, feature_layers=features)
 
 
 def run_search(config: SearchConfig, console: Console | None = None, task: Task | None = None) -> RunResult:

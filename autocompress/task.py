@@ -49,6 +49,8 @@ class Task:
         distill_lr: The task's fine-tuning learning rate; ``--lr`` overrides it.
         extra_metrics: More ``metric(outputs, targets)`` functions, reported for the
             original model and for every Pareto member.
+        feature_layers: Module names whose outputs feature distillation matches
+            (``--feature-weight``); a pruned student's narrower features are mapped.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Task:
     distill_optimizer: str = "sgd"
     distill_lr: float | None = None
     extra_metrics: Mapping[str, Callable[[torch.Tensor, torch.Tensor], float]] = field(default_factory=dict)
+    feature_layers: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, nn.Module):

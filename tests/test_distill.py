@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import textwrap
@@ -85,3 +86,47 @@ def test_odd_last_batches_do_not_reach_the_onednn_crash():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ok [24, 32]" in proc.stdout
+
+
+def test_feature_distillation_maps_pruned_widths_and_matches_features():
+    from autocompress import compress
+    from autocompress.evaluators._distill import _FeatureTaps
+    from autocompress.inventory import build_inventory
+    from autocompress.spaces import Policy
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    x = torch.randn(64, 1, 8, 8)
+    inv = build_inventory(teacher, (x[:1],))
+    student = compress.apply(teacher, inv, Policy(prune={"0": 0.5}), (x[:1],), channel_multiple=4)
+    loader = [(x[i : i + 16], torch.zeros(16)) for i in range(0, 64, 16)]
+    config = DistillConfig(steps=40, lr=0.05, feature_layers=("0", "2"), feature_weight=1.0)
+
+    taps = _FeatureTaps(student, teacher, config.feature_layers)
+    with torch.no_grad():
+        teacher(x), student(x)
+        before = float(taps.loss())
+    assert set(taps.maps) == {"0"} and taps.maps["0"].in_features == 8  # only the pruned layer needs a map
+    taps.close()
+
+    distill(student, teacher, loader, config)
+    taps = _FeatureTaps(student, teacher, ("2",))
+    with torch.no_grad():
+        teacher(x), student(x)
+        after = float(taps.loss())
+    taps.close()
+    assert after < before
+    # Hooks are removed: running the models again stores nothing.
+    assert not teacher[0]._forward_hooks and not any(m._forward_hooks for m in student.modules())
+
+
+def test_feature_distillation_rejects_unknown_layers():
+    teacher = nn.Sequential(nn.Linear(4, 4)).eval()
+    with pytest.raises(ValueError, match="feature layer"):
+        distill(copy.deepcopy(teacher), teacher, [(torch.randn(8, 4), torch.zeros(8))],
+                DistillConfig(steps=1, feature_layers=("nope",), feature_weight=1.0))
+    with pytest.raises(ValueError, match="needs feature_layers"):
+        distill(copy.deepcopy(teacher), teacher, [(torch.randn(8, 4), torch.zeros(8))], DistillConfig(steps=1, feature_weight=1.0))
+    with pytest.raises(ValueError):
+        DistillConfig(feature_weight=-1.0)

@@ -72,11 +72,13 @@ def apply(
     example_inputs: tuple[torch.Tensor, ...],
     calibration_batches: Iterable[tuple[torch.Tensor, ...]] | None = None,
     channel_multiple: int = 8,
+    importance: str = "l1",
 ) -> torch.fx.GraphModule:
     """Build the candidate ``policy`` describes from ``model`` (which is not modified).
 
-    ``calibration_batches`` (tuples of model inputs) set the int8 activation ranges; the
-    example inputs are used when none are given.
+    ``calibration_batches`` (tuples of model inputs) set the int8 activation ranges, and
+    feed the data-aware "taylor" pruning ``importance`` ("l1", the default, and "l2" look at
+    weights only); the example inputs are used when none are given.
     """
     unknown = (set(policy.prune) - set(inventory.groups)) | ((set(policy.bits) | set(policy.rank)) - set(inventory.layers))
     if unknown:
@@ -84,7 +86,8 @@ def apply(
     student = copy.deepcopy(model).eval()
     for p in student.parameters():
         p.requires_grad_(True)
-    prune_groups(student, inventory, policy, example_inputs, channel_multiple)
+    batches = list(calibration_batches) if calibration_batches is not None else [example_inputs]
+    prune_groups(student, inventory, policy, example_inputs, channel_multiple, importance=importance, batches=batches)
     for name in inventory.layers:
         ratio = policy.rank_ratio(name)
         if ratio < 1.0:
@@ -104,7 +107,7 @@ def apply(
     student = trace(student, leaf_types=_LEAVES)
     if quantized:
         insert_activation_quantizers(student)
-        calibrate(student, calibration_batches if calibration_batches is not None else [example_inputs])
+        calibrate(student, batches)
     return student.eval()
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -30,7 +30,10 @@ class DistillConfig:
     "cosine" is ``1 - cos(student, teacher)`` per sample (embeddings); "mse" is the mean
     squared error. ``hard_label_weight * cross_entropy(student, targets)`` is added when
     targets are class ids. ``optimizer`` is "sgd" (momentum, Nesterov) or "adamw"; both
-    follow a cosine schedule.
+    follow a cosine schedule. With ``feature_weight`` > 0, the outputs of ``feature_layers``
+    (module names of the original model) are matched too: mean squared error over the
+    teacher's feature variance, through a learned linear map of the channel dimension where
+    pruning left the student narrower.
     """
 
     steps: int = 100
@@ -40,6 +43,8 @@ class DistillConfig:
     hard_label_weight: float = 0.0
     loss: str = "kl"
     optimizer: str = "sgd"
+    feature_layers: tuple[str, ...] = ()
+    feature_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -50,6 +55,8 @@ class DistillConfig:
             raise ValueError(f"`lr` must be > 0, but got {self.lr!r}.")
         if self.loss not in DISTILL_LOSSES:
             raise ValueError(f"`loss` must be one of {list(DISTILL_LOSSES)}, but got {self.loss!r}.")
+        if self.feature_weight < 0:
+            raise ValueError(f"`feature_weight` must be >= 0, but got {self.feature_weight!r}.")
         if self.optimizer not in DISTILL_OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {list(DISTILL_OPTIMIZERS)}, but got {self.optimizer!r}.")
 
@@ -89,6 +96,53 @@ def output_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, tempera
     ) * (T * T)
 
 
+class _FeatureTaps:
+    """Forward hooks that keep the outputs of named layers of the teacher and the student
+    (a factorized student layer is tapped at its last part), and the channel maps that
+    carry narrower student features to the teacher's width."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, names: Sequence[str]) -> None:
+        if not names:
+            raise ValueError("feature distillation (feature_weight > 0) needs feature_layers")
+        self.names = list(names)
+        self.student: dict[str, torch.Tensor] = {}
+        self.teacher: dict[str, torch.Tensor] = {}
+        self.maps = nn.ModuleDict()
+        self.handles = []
+        s_modules, t_modules = dict(student.named_modules()), dict(teacher.named_modules())
+        for name in self.names:
+            if name not in t_modules or name not in s_modules:
+                raise ValueError(f"feature layer {name!r} is not a module of both the original model and the candidate")
+            s_mod = s_modules[name]
+            while isinstance(s_mod, nn.Sequential) and len(s_mod):
+                s_mod = s_mod[-1]
+            self.handles.append(t_modules[name].register_forward_hook(self._keep(self.teacher, name)))
+            self.handles.append(s_mod.register_forward_hook(self._keep(self.student, name)))
+
+    @staticmethod
+    def _keep(store: dict, name: str):
+        def hook(_module, _inputs, output):
+            store[name] = output
+
+        return hook
+
+    def loss(self) -> torch.Tensor:
+        total = torch.zeros(())
+        for name in self.names:
+            s, t = self.student[name], self.teacher[name].detach()
+            dim = 1 if t.dim() == 4 else -1  # conv features are NCHW; others channel-last
+            if s.shape[dim] != t.shape[dim]:
+                if name not in self.maps:
+                    self.maps[name] = nn.Linear(s.shape[dim], t.shape[dim], bias=False)
+                s = self.maps[name](s.movedim(dim, -1)).movedim(-1, dim)
+            total = total + nn.functional.mse_loss(s, t) / t.var().clamp_min(1e-8)
+        return total / max(1, len(self.names))
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -111,8 +165,19 @@ def distill(
     else:
         opt = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.steps)
-    T = config.temperature
     batches = _forever(loader)
+    taps = _FeatureTaps(student, teacher, config.feature_layers) if config.feature_weight > 0 else None
+    try:
+        _steps(student, teacher, config, opt, sched, batches, taps, losses)
+    finally:
+        if taps is not None:
+            taps.close()
+    student.eval()
+    return losses
+
+
+def _steps(student, teacher, config, opt, sched, batches, taps, losses) -> None:
+    T = config.temperature
     while len(losses) < config.steps:
         inputs, targets = next(batches)
         trimmed = _trim(as_input_tuple(inputs), targets)
@@ -123,6 +188,11 @@ def distill(
             t_logits = teacher(*inputs)
         s_logits = student(*inputs)
         loss = output_loss(s_logits, t_logits, config.loss, T)
+        if taps is not None:
+            feature_loss = taps.loss()
+            if len(losses) == 0 and taps.maps:  # channel maps are created on the first step
+                opt.add_param_group({"params": list(taps.maps.parameters())})  # at a constant rate
+            loss = loss + config.feature_weight * feature_loss
         if config.hard_label_weight and isinstance(targets, torch.Tensor) and targets.dtype == torch.int64:
             loss = loss + config.hard_label_weight * nn.functional.cross_entropy(s_logits, targets)
         value = float(loss.detach())
@@ -133,5 +203,3 @@ def distill(
         opt.step()
         sched.step()
         losses.append(value)
-    student.eval()
-    return losses

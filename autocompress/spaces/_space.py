@@ -13,6 +13,7 @@ __all__ = ["BITS_CHOICES", "Policy", "SearchSpace", "SpaceConfig", "build_space"
 # 32: float32; 16: float16; 8: int8 (weights per channel, activations per tensor: static
 # ranges, or per call over token sequences); 4: 4-bit weights in blocks (Linear layers only).
 BITS_CHOICES = (32, 16, 8, 4)
+IMPORTANCE_CRITERIA = ("l1", "l2", "taylor")
 FULL_RANK = 1.0
 
 
@@ -52,6 +53,7 @@ class SpaceConfig:
     bits: tuple[int, ...] = (32, 8, 4)
     rank_ratios: tuple[float, ...] = (1.0, 0.5, 0.25)
     channel_multiple: int = 8
+    importance: str = "l1"  # which channels pruning removes: "l1", "l2" or "taylor" (data-aware)
 
     def __post_init__(self) -> None:
         for r in self.prune_ratios:
@@ -63,6 +65,8 @@ class SpaceConfig:
         for r in self.rank_ratios:
             if not 0.0 < r <= 1.0:
                 raise ValueError(f"rank ratios must be in (0, 1], but got {r!r}.")
+        if self.importance not in IMPORTANCE_CRITERIA:
+            raise ValueError(f"importance must be one of {list(IMPORTANCE_CRITERIA)}, but got {self.importance!r}.")
         if self.channel_multiple < 1:
             raise ValueError(f"`channel_multiple` must be >= 1, but got {self.channel_multiple!r}.")
         if not self.prune_ratios or not self.bits or not self.rank_ratios:

@@ -136,7 +136,7 @@ def build_minilm_task(train_pairs: int = 4000, eval_pairs: int = 500, batch_size
     for tensor in model.state_dict().values():
         digest.update(tensor.detach().numpy().tobytes())
     digest.update("\n".join(train + eval_sentences).encode())
-    # One sentence at batch 1: the longest held-out example, padded to MAX_TOKENS.
+    # One sentence at batch 1 (the first held-out example), padded to MAX_TOKENS.
     return Task(
         name="minilm",
         model=model,
@@ -150,4 +150,5 @@ def build_minilm_task(train_pairs: int = 4000, eval_pairs: int = 500, batch_size
         distill_loss="cosine",
         distill_lr=5e-5,
         extra_metrics={"gloss_retrieval": gloss_retrieval_accuracy},
+        feature_layers=tuple(f"layers.{i}.fc2" for i in range(len(model.layers))),
     )

@@ -1,0 +1,108 @@
+"""Each compression operator alone, and joined, on a built-in task: measured ONNX Runtime
+speedup and metric after the same distillation.
+
+    python benchmarks/operators.py --task demo   --steps 120
+    python benchmarks/operators.py --task minilm --steps 100
+
+Every candidate is fine-tuned with the task's own distillation settings for ``--steps``
+steps, exported, checked against PyTorch, and timed interleaved with the original model in
+the same rounds (medians; speedup = original median / candidate median). Prints a Markdown
+table and writes it, with the raw figures, to ``benchmarks/results/operators-<task>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from autocompress import compress
+from autocompress.evaluators import DistillConfig, distill, evaluate
+from autocompress.export import export_engine
+from autocompress.inventory import build_inventory
+from autocompress.latency_lut import OrtCpuBackend, feeds_for, to_onnx_bytes
+from autocompress.spaces import Policy, SpaceConfig, build_space
+from autocompress.task import load_task
+
+
+def _policies(space, inventory) -> dict[str, Policy]:
+    """Operator families at two strengths each, and joint policies at matching strength."""
+    groups = [n.split("/", 1)[1] for n in space.domains if n.startswith("prune/")]
+    ranked = [n.split("/", 1)[1] for n, d in space.domains.items() if n.startswith("rank/") and 0.5 in d]
+    int8 = {n: 8 for n in inventory.layers if 8 in space.domains.get(f"bits/{n}", ())}
+
+    def prune(r: float) -> dict[str, float]:
+        return {g: min((x for x in space.domains[f"prune/{g}"] if x >= r), default=max(space.domains[f"prune/{g}"])) for g in groups}
+
+    return {
+        "int8": Policy(bits=int8),
+        "prune 25%": Policy(prune=prune(0.25)),
+        "prune 50%": Policy(prune=prune(0.5)),
+        "low rank 50%": Policy(rank={n: 0.5 for n in ranked}),
+        "int8 + prune 25%": Policy(prune=prune(0.25), bits=int8),
+        "int8 + low rank 50%": Policy(rank={n: 0.5 for n in ranked}, bits=int8),
+        "int8 + prune 25% + low rank 50%": Policy(prune=prune(0.25), bits=int8, rank={n: 0.5 for n in ranked}),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="demo")
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    task = load_task(args.task)
+    inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)
+    space = build_space(inventory, SpaceConfig())
+    calib = [b[0] if isinstance(b[0], tuple) else (b[0],) for _, b in zip(range(4), task.train_loader)]
+    config = replace(DistillConfig(steps=args.steps), loss=task.distill_loss, optimizer=task.distill_optimizer,
+                     lr=task.distill_lr if task.distill_lr is not None else 0.01)
+    backend = OrtCpuBackend(threads=1)
+    feeds = feeds_for(task.example_inputs)
+    baseline_metric = evaluate(task.model, task.eval_loader, task.metric)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        engines = [to_onnx_bytes(task.model, task.example_inputs)]
+        for name, policy in _policies(space, inventory).items():
+            t0 = time.perf_counter()
+            student = compress.apply(task.model, inventory, policy, task.example_inputs, calib)
+            before = evaluate(student, task.eval_loader, task.metric)
+            distill(student, task.model, task.train_loader, config)
+            metric = evaluate(student, task.eval_loader, task.metric)
+            engine = export_engine(student, task.example_inputs, Path(tmp) / f"{len(rows)}.onnx", backend,
+                                   [next(iter(task.eval_loader))], task.metric, task.eval_loader, task.extra_metrics)
+            engines.append(Path(engine.path).read_bytes())
+            rows.append({"candidate": name, "policy": policy.to_dict(), "metric_before_finetune": before, "metric": metric,
+                         "runtime_metric": engine.runtime_metric, "extra_metrics": engine.runtime_extra_metrics,
+                         "engine_ok": engine.ok, "problems": list(engine.problems), "integer_nodes": engine.integer_nodes,
+                         "size_bytes": engine.size_bytes, "seconds": time.perf_counter() - t0})
+            print(f"{name}: {task.metric_name} {before:.4f} -> {metric:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        timings = backend.measure_many([(e, feeds) for e in engines], rounds=args.rounds)
+    base_us = timings[0].median_us
+    for row, t in zip(rows, timings[1:]):
+        row["median_ms"] = t.median_us / 1000
+        row["speedup"] = base_us / t.median_us
+    print(f"\nTask `{task.name}`: original {task.metric_name} {baseline_metric:.4f}, {base_us / 1000:.3f} ms "
+          f"(ONNX Runtime CPU, 1 thread, batch {task.example_inputs[0].shape[0]}); {args.steps} distillation steps each.\n")
+    extra = list(task.extra_metrics)
+    print(f"| candidate | {task.metric_name} (ORT) | before fine-tune | {' | '.join(extra) + ' | ' if extra else ''}median ms | speedup | engine check |")
+    print(f"| --- | ---: | ---: | {'---: | ' * len(extra)}---: | ---: | --- |")
+    for r in rows:
+        extras = "".join(f"{r['extra_metrics'].get(n, float('nan')):.4f} | " for n in extra)
+        print(f"| {r['candidate']} | {r['runtime_metric']:.4f} | {r['metric_before_finetune']:.4f} | {extras}"
+              f"{r['median_ms']:.3f} | {r['speedup']:.2f}x | {'ok' if r['engine_ok'] else '; '.join(r['problems'])} |")
+    out = Path(__file__).parent / "results" / f"operators-{task.name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps({"task": task.name, "steps": args.steps, "baseline_metric": baseline_metric,
+                               "baseline_ms": base_us / 1000, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
