@@ -160,3 +160,28 @@ def test_vit_inventory_and_joint_policy(tmp_path):
     engine = export_engine(student, x, tmp_path / "vit.onnx", _backend(), [(torch.randn(8, 1, 28, 28), None)])
     assert engine.ok, engine.problems
     assert engine.integer_nodes.get("MatMulNBits") == 1
+
+
+@pytest.mark.slow
+def test_random_policies_on_the_real_minilm(tmp_path):
+    """The pretrained all-MiniLM-L6-v2 itself: random valid policies build, export and run
+    the integer kernels they name."""
+    import random
+
+    from autocompress.tasks.minilm import load_minilm
+
+    model, tokenizer = load_minilm()
+    enc = tokenizer.encode_batch(["the oceans are teeming with life", "a grammatical rule"])
+    ids = torch.tensor([e.ids for e in enc])
+    mask = torch.tensor([e.attention_mask for e in enc])
+    x = (ids[:1], mask[:1])
+    inv = build_inventory(model, x)
+    space = build_space(inv)
+    rng = random.Random(0)
+    for i in range(2):
+        policy = space.sample(rng)
+        student = compress.apply(model, inv, policy, x, [(ids, mask)])
+        engine = export_engine(student, x, tmp_path / f"minilm-{i}.onnx", _backend(), [((ids, mask), None)])
+        assert engine.ok, engine.problems
+        integer = sum(1 for b in policy.bits.values() if b in (8, 4))
+        assert sum(engine.integer_nodes.values()) >= integer
