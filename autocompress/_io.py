@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "cache_dir", "read_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "cache_dir", "read_json", "weights_digest"]
 
 
 def cache_dir() -> Path:
@@ -55,3 +56,11 @@ def atomic_torch_save(obj: Any, path: Path | str) -> None:
 def read_json(path: Path | str) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def weights_digest(model: torch.nn.Module) -> "hashlib._Hash":
+    """A SHA-256 of every tensor of ``model``'s state dict, to extend and hex-digest."""
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest

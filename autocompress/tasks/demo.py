@@ -6,7 +6,6 @@ The teacher is trained on first use (seeded, about a minute on 2 cores) and cach
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from autocompress._io import atomic_torch_save, cache_dir
+from autocompress._io import atomic_torch_save, cache_dir, weights_digest
 from autocompress.evaluators import accuracy, evaluate
 from autocompress.task import Task
 from autocompress.tasks.models import DemoResNet
@@ -85,9 +84,7 @@ def build_demo_task(width: int = 32, seed: int = 0, epochs: int = 4, console: Co
         acc = evaluate(model, eval_loader, accuracy)
         console.print(f"Teacher trained in {time.perf_counter() - t0:.0f} s: eval accuracy {acc:.4f}")
     model.eval()
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().numpy().tobytes())
+    digest = weights_digest(model)
     return Task(
         name="demo",
         model=model,

@@ -13,7 +13,6 @@ of their own word sense (the original model's own score is the reference).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from autocompress._io import weights_digest
 from autocompress.errors import UserError
 from autocompress.task import Task
 from autocompress.tasks.transformer import BertEncoder, bert_from_hf
@@ -89,6 +89,12 @@ def _encode(tokenizer, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask
 
 
+def _as_model_inputs(rows: list[tuple[torch.Tensor, ...]]) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Rows of (ids, mask, target) -> ((ids, mask), targets): the model takes two inputs."""
+    ids, mask, target = (torch.stack(column) for column in zip(*rows))
+    return (ids, mask), target
+
+
 def cosine_to_teacher(outputs: torch.Tensor, targets: torch.Tensor) -> float:
     """Mean cosine similarity between embeddings and the original model's (``targets``)."""
     return float(torch.nn.functional.cosine_similarity(outputs.detach(), targets, dim=-1).mean())
@@ -126,15 +132,13 @@ def build_minilm_task(train_pairs: int = 4000, eval_pairs: int = 500, batch_size
     train_loader = DataLoader(
         TensorDataset(train_ids, train_mask, torch.zeros(len(train))),
         batch_size=batch_size, shuffle=True, drop_last=True, generator=generator,
-        collate_fn=lambda rows: ((torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])), torch.stack([r[2] for r in rows])),
+        collate_fn=_as_model_inputs,
     )
     eval_loader = DataLoader(
         TensorDataset(eval_ids, eval_mask, targets), batch_size=250,
-        collate_fn=lambda rows: ((torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])), torch.stack([r[2] for r in rows])),
+        collate_fn=_as_model_inputs,
     )
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().numpy().tobytes())
+    digest = weights_digest(model)
     digest.update("\n".join(train + eval_sentences).encode())
     # One sentence at batch 1 (the first held-out example), padded to MAX_TOKENS.
     return Task(
