@@ -34,7 +34,7 @@ from autocompress.search import SAMPLERS, OptunaSearcher, Outcome
 from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
 from autocompress.task import Task, as_input_tuple, load_task
 
-__all__ = ["SearchConfig", "RunResult", "Workbench", "finalize_run", "open_workbench", "run_search"]
+__all__ = ["SearchConfig", "RunResult", "Workbench", "finalize_run", "open_workbench", "run_search", "train_and_export"]
 
 SCHEMA = 1
 BUDGET_NOISE = 1.05  # measured latency may exceed the budget by this factor (timing noise)
@@ -201,6 +201,31 @@ def task_distill_config(task: Task, config: SearchConfig) -> DistillConfig:
     return replace(config.distill, loss=task.distill_loss, optimizer=task.distill_optimizer, lr=lr, feature_layers=features)
 
 
+def train_and_export(
+    bench: Workbench, policy: Policy, trial_id: int, distill_config: DistillConfig, engines_dir: Path, check_batches: list,
+    seed: int,
+) -> dict[str, Any]:
+    """One trial's expensive part: build the candidate, distill it from the original,
+    evaluate it, export and verify its engine. Returns the facts to record; raises on failure."""
+    task = bench.task
+    torch.manual_seed(seed * 100003 + trial_id)
+    t0 = time.perf_counter()
+    student = bench.candidate(policy)
+    losses = distill(student, task.model, task.train_loader, distill_config)
+    t_ft = time.perf_counter() - t0
+    metric = evaluate(student, task.eval_loader, task.metric)
+    engine = export_engine(
+        student, task.example_inputs, engines_dir / f"trial-{trial_id:04d}.onnx", bench.backend, check_batches,
+        task.metric, task.eval_loader, task.extra_metrics,
+    )
+    return {
+        "trial": trial_id, "metric": metric, "measured_ms": engine.latency_us / 1000,
+        "size_bytes": engine.size_bytes, "engine": engine.to_dict(),
+        "final_loss": losses[-1] if losses else None, "finetune_s": t_ft,
+        "summary": _summarize_policy(policy, len(bench.inventory.layers)),
+    }
+
+
 def run_search(config: SearchConfig, console: Console | None = None, task: Task | None = None) -> RunResult:
     console = console or Console(stderr=False)
     budget = parse_budget(config.latency_budget)
@@ -329,16 +354,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
                 searcher.tell(trial_id, Outcome("completed", prev["metric"], prev.get("measured_ms", predicted_ms), predicted_ms - budget_ms))
                 continue
             try:
-                torch.manual_seed(config.seed * 100003 + trial_id)
-                t0 = time.perf_counter()
-                student = bench.candidate(policy)
-                losses = distill(student, task.model, task.train_loader, distill_config)
-                t_ft = time.perf_counter() - t0
-                metric = evaluate(student, task.eval_loader, task.metric)
-                engine = export_engine(
-                    student, example, engines_dir / f"trial-{trial_id:04d}.onnx", backend, check_batches,
-                    task.metric, task.eval_loader, task.extra_metrics,
-                )
+                attrs.update(train_and_export(bench, policy, trial_id, distill_config, engines_dir, check_batches, config.seed))
             except Exception as exc:  # one trial's failure must not end the search
                 reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 searcher.record(trial_id, attrs)
@@ -353,24 +369,21 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
                         f"Each failure is kept with its reason in {run_dir / 'study.db'}; fix the cause and re-run to resume."
                     ) from None
                 continue
-            attrs.update({
-                "trial": trial_id, "metric": metric, "measured_ms": engine.latency_us / 1000,
-                "size_bytes": engine.size_bytes, "engine": engine.to_dict(),
-                "final_loss": losses[-1] if losses else None, "finetune_s": t_ft, "trial_s": time.perf_counter() - t_trial,
-                "summary": _summarize_policy(policy, len(inventory.layers)),
-            })
+            attrs["trial_s"] = time.perf_counter() - t_trial
+            metric, engine_latency_us = attrs["metric"], attrs["engine"]["latency_us"]
             searcher.record(trial_id, attrs)
-            searcher.tell(trial_id, Outcome("completed", metric, engine.latency_us / 1000, predicted_ms - budget_ms))
+            searcher.tell(trial_id, Outcome("completed", metric, engine_latency_us / 1000, predicted_ms - budget_ms))
             seen[policy.digest] = attrs
-            table.add_measurement(inventory, policy, engine.latency_us)  # later predictions learn from it
+            table.add_measurement(inventory, policy, engine_latency_us)  # later predictions learn from it
             n_done += 1
-            if engine.latency_us / 1000 <= budget_ms * BUDGET_NOISE and (best is None or sign * metric > best):
+            if engine_latency_us / 1000 <= budget_ms * BUDGET_NOISE and (best is None or sign * metric > best):
                 best = sign * metric
             progress.update(bar, advance=1, best=f"{sign * best:.4f}" if best is not None else "-")
-            flag = "" if engine.ok else f" [red]engine check failed: {'; '.join(engine.problems)}[/]"
+            engine = attrs["engine"]
+            flag = "" if engine["ok"] else f" [red]engine check failed: {'; '.join(engine['problems'])}[/]"
             console.print(
                 f"  trial {trial_id:>3}: {task.metric_name} {metric:.4f}  predicted {predicted_ms:.3f} ms  "
-                f"measured {engine.latency_us / 1000:.3f} ms  ({attrs['summary']}, {attrs['trial_s']:.0f} s){flag}"
+                f"measured {engine_latency_us / 1000:.3f} ms  ({attrs['summary']}, {attrs['trial_s']:.0f} s){flag}"
             )
     table.save()
     if n_done < config.trials:
