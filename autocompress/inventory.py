@@ -26,6 +26,7 @@ __all__ = ["Elementwise", "Group", "Layer", "LayerInventory", "attention_modules
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 _RELU_FUNCS = {torch.relu, nn.functional.relu, torch.relu_}
+_GELU_FUNCS = {nn.functional.gelu}
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class Layer:
     groups: int
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
-    activation: str | None  # "relu" when the layer's only consumer (after BN) is a ReLU
+    activation: str | None  # "relu" or "gelu" when the layer's only consumer (after BN) is one
     flops: int
     params: int
     in_group: str | None  # the group whose pruning removes this layer's input channels
@@ -65,14 +66,16 @@ class Group:
 
 @dataclass(frozen=True)
 class Elementwise:
-    """An element-wise op between layers whose size follows a group's channel count
-    (a residual add, with its ReLU when one follows): pruning the group shrinks it too."""
+    """An operation between layers whose size follows a group's channel count, so that
+    pruning the group shrinks it too: a residual add (with its ReLU when one follows), or
+    the core of multi-head attention (scores, softmax, weighted sum: it loses whole heads)."""
 
     name: str
-    kind: str  # "add"
-    shape: tuple[int, ...]
+    kind: str  # "add" or "attention"
+    shape: tuple[int, ...]  # attention: the (batch, tokens, heads * head_dim) of its q, k and v
     activation: str | None
     group: str | None  # the group whose pruning sets its channel count
+    head_dim: int = 0  # attention only
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,22 @@ def _is_relu(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:
     if node.op == "call_method" and node.target in ("relu", "relu_"):
         return True
     return node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.ReLU)
+
+
+def _is_gelu(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> bool:
+    if node.op == "call_function" and node.target in _GELU_FUNCS:
+        return node.kwargs.get("approximate", "none") == "none"
+    return node.op == "call_module" and isinstance(modules.get(str(node.target)), nn.GELU) and modules[str(node.target)].approximate == "none"
+
+
+def fused_activation(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> str | None:
+    """The activation a runtime executes together with the layer (after a sole BatchNorm):
+    'relu' or 'gelu' (ONNX Runtime fuses MatMul + bias + Gelu), else None. Latency table
+    entries are measured with it, since it shrinks with the layer's pruned width."""
+    point, activation = fused_output(node, modules)
+    if activation is None and len(point.users) == 1 and _is_gelu(next(iter(point.users)), modules):
+        return "gelu"
+    return activation
 
 
 def fused_output(node: torch.fx.Node, modules: Mapping[str, nn.Module]) -> tuple[torch.fx.Node, str | None]:
@@ -288,7 +307,7 @@ def build_inventory(
             macs = out_shape[0] * out_shape[2] * out_shape[3] * module.out_channels * (module.in_channels // module.groups) * k[0] * k[1]
             layers[name] = Layer(
                 name, "conv", module.in_channels, module.out_channels, k, s, p, module.groups, in_shape, out_shape,
-                fused_output(node, gm_modules)[1], 2 * macs, params, in_group.get(name), out_group.get(name),
+                fused_activation(node, gm_modules), 2 * macs, params, in_group.get(name), out_group.get(name),
                 name in output_layers,
             )
         else:
@@ -296,12 +315,18 @@ def build_inventory(
             macs = rows * module.in_features * module.out_features
             layers[name] = Layer(
                 name, "linear", module.in_features, module.out_features, (1, 1), (1, 1), (0, 0), 1, in_shape, out_shape,
-                fused_output(node, gm_modules)[1], 2 * macs, params, in_group.get(name), out_group.get(name),
+                fused_activation(node, gm_modules), 2 * macs, params, in_group.get(name), out_group.get(name),
                 name in output_layers,
             )
     if not layers:
         raise UserError("The model has no Conv2d or Linear layer that its example inputs reach; nothing to compress.")
-    return LayerInventory(layers=layers, groups=groups, elementwise=_elementwise_ops(gm, gm_modules, layers))
+    elementwise = _elementwise_ops(gm, gm_modules, layers)
+    for owner, module in attention.items():  # the attention core shrinks with head pruning
+        q = layers.get(f"{owner}.q")
+        if q is not None:
+            group = f"{owner}.heads" if f"{owner}.heads" in groups else None
+            elementwise[f"{owner}.core"] = Elementwise(f"{owner}.core", "attention", q.output_shape, None, group, module.head_dim)
+    return LayerInventory(layers=layers, groups=groups, elementwise=elementwise)
 
 
 def _source_layer(node: torch.fx.Node, modules: Mapping[str, nn.Module], layers: Mapping[str, Layer]) -> str | None:

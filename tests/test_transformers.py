@@ -69,6 +69,36 @@ def test_inventory_groups_heads_and_mlp(bert):
     assert residual and not residual[0].prunable
 
 
+
+def test_latency_table_sees_attention_core_and_gelu(bert, tmp_path):
+    """What head and MLP pruning shrink besides the projections is in the table: the
+    attention core (scores, softmax, weighted sum) and the GELU fused after fc1."""
+    from autocompress.latency_lut import LatencyTable
+    from autocompress.latency_lut._table import effective_elementwise, effective_layers
+
+    inv = build_inventory(bert, _inputs(1))
+    assert {inv.layers[f"layers.{i}.fc1"].activation for i in range(LAYERS)} == {"gelu"}
+    cores = {n: e for n, e in inv.elementwise.items() if e.kind == "attention"}
+    assert sorted(cores) == [f"layers.{i}.attn.core" for i in range(LAYERS)]
+    assert all(e.group == f"layers.{i}.attn.heads" and e.head_dim == HIDDEN // HEADS for i, e in enumerate(cores.values()))
+
+    policy = Policy(prune={"layers.0.attn.heads": 0.5, "layers.1.fc1": 0.5})
+    ops = {e.op.name: e for e in effective_elementwise(inv, policy, 8)}
+    assert ops["layers.0.attn.core"].shape == (1, 10, HIDDEN // 2)  # two of four heads kept
+    assert ops["layers.1.attn.core"].shape == (1, 10, HIDDEN)
+    # Residual adds of (batch, tokens, hidden) keep their token axis.
+    assert all(e.shape[:2] == (1, 10) for e in ops.values() if e.op.kind == "add" and len(e.shape) == 3)
+
+    table = LatencyTable(tmp_path / "t.json", _backend())
+    assert table.entry_us(ops["layers.0.attn.core"]) > 0 and table.entry_us(ops["layers.1.attn.core"]) > 0
+    fc1 = next(c for c in effective_layers(inv, policy, 8) if c.layer.name == "layers.1.fc1")
+    assert "|agelu|" in fc1.key and fc1.out_channels == MLP // 2
+    from autocompress.latency_lut._table import _micro_model
+
+    model, inputs = _micro_model(fc1, 8)
+    graph = onnx.load_from_string(to_onnx_bytes(model, inputs)).graph
+    assert any(n.op_type in ("Gelu", "Erf") for n in graph.node)
+
 def test_head_pruning_removes_whole_heads(bert):
     x = _inputs(1)
     inv = build_inventory(bert, x)

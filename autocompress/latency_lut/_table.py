@@ -15,6 +15,7 @@ and its data are kept with the table.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -72,17 +73,31 @@ class ElementwiseChoiceShape:
     channels: int
 
     @property
-    def key(self) -> str:
+    def shape(self) -> tuple[int, ...]:
         shape = list(self.op.shape)
-        shape[1] = self.channels
-        return f"{self.op.kind}|{'x'.join(map(str, shape))}|a{self.op.activation or 'none'}"
+        shape[channel_axis(shape)] = self.channels
+        return tuple(shape)
+
+    @property
+    def key(self) -> str:
+        dims = "x".join(map(str, self.shape))
+        if self.op.kind == "attention":  # (batch, tokens, kept heads * head_dim)
+            return f"attention|{dims}|d{self.op.head_dim}"
+        return f"{self.op.kind}|{dims}|a{self.op.activation or 'none'}"
+
+
+def channel_axis(shape: tuple[int, ...] | list[int]) -> int:
+    """Channels are axis 1 of an (N, C, H, W) tensor and the last axis of a (batch, tokens,
+    features) or (batch, features) one."""
+    return 1 if len(shape) == 4 else len(shape) - 1
 
 
 def effective_elementwise(inventory: LayerInventory, policy: Policy, channel_multiple: int) -> list[ElementwiseChoiceShape]:
     out = []
     for op in inventory.elementwise.values():
         group = inventory.groups.get(op.group) if op.group else None
-        channels = kept_for(group, policy.prune_ratio(group.name), channel_multiple) if group else op.shape[1]
+        full = op.shape[channel_axis(op.shape)]
+        channels = kept_for(group, policy.prune_ratio(group.name), channel_multiple) if group else full
         out.append(ElementwiseChoiceShape(op, channels))
     return out
 
@@ -114,7 +129,8 @@ def _micro_model(choice: LayerChoiceShape, channel_multiple: int) -> tuple[nn.Mo
     else:
         core = nn.Linear(choice.in_channels, choice.out_channels)
         shape = (*l.input_shape[:-1], choice.in_channels)
-    model = nn.Sequential(core, nn.ReLU()) if l.activation == "relu" else nn.Sequential(core)
+    activation = {"relu": [nn.ReLU()], "gelu": [nn.GELU()]}.get(l.activation or "", [])
+    model = nn.Sequential(core, *activation)
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(shape, generator=gen)
     if choice.bits == 32 and choice.rank_ratio >= 1.0:
@@ -144,10 +160,29 @@ class _AddModel(nn.Module):
         return torch.relu(y) if self.relu else y
 
 
+class _AttentionCore(nn.Module):
+    """Scores, mask, softmax and weighted sum of multi-head attention, between the
+    projections (the operations `tasks.transformer.MultiHeadSelfAttention` runs)."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        self.head_dim = head_dim
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
+        b, s = q.shape[0], q.shape[1]
+        shape = (b, s, -1, self.head_dim)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim)) + mask_bias
+        return torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, s, -1)
+
+
 def _micro_elementwise(choice: ElementwiseChoiceShape) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    shape = list(choice.op.shape)
-    shape[1] = choice.channels
+    shape = choice.shape
     gen = torch.Generator().manual_seed(0)
+    if choice.op.kind == "attention":
+        qkv = tuple(torch.randn(shape, generator=gen) for _ in range(3))
+        mask = torch.zeros(shape[0], 1, 1, shape[1])
+        return _AttentionCore(choice.op.head_dim).eval(), (*qkv, mask)
     return _AddModel(choice.op.activation == "relu").eval(), (torch.randn(shape, generator=gen), torch.randn(shape, generator=gen))
 
 
@@ -321,7 +356,7 @@ class LatencyTable:
                         seen.setdefault(choice.key, choice)
         for op in inventory.elementwise.values():
             group = inventory.groups.get(op.group) if op.group else None
-            for c in counts(op.group, group.channels) if group else [op.shape[1]]:
+            for c in counts(op.group, group.channels) if group else [op.shape[channel_axis(op.shape)]]:
                 e = ElementwiseChoiceShape(op, c)
                 seen.setdefault(e.key, e)
         return list(seen.values())
