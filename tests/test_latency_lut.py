@@ -349,3 +349,25 @@ def test_entries_are_rescaled_to_the_machine_speed_of_now(saved_table, backend, 
     base = table.raw_us(resnet_inventory, policy)
     table._reference = (float("inf"), 1.5 * ref)  # the machine is now 1.5x slower
     assert table.raw_us(resnet_inventory, policy) == pytest.approx(1.5 * base)
+
+
+def test_reference_speed_is_the_median_of_the_last_minute(tmp_path, backend, monkeypatch):
+    """One jittery timing of the reference must not rescale every prediction; a lasting
+    change of the machine's speed must."""
+    from autocompress.latency_lut import Measurement
+    from autocompress.latency_lut import _table as table_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(table_module.time, "monotonic", lambda: clock[0])
+    timings = iter([100.0, 100.0, 150.0, 100.0, 150.0, 150.0, 150.0])
+    table = LatencyTable(tmp_path / "t.json", backend)
+    monkeypatch.setattr(table, "_measure_choice", lambda choice: Measurement(next(timings), 0.0, 0.0, 1))
+    seen = []
+    for _ in range(7):
+        seen.append(table.reference_us())
+        clock[0] += table_module.REFERENCE_MAX_AGE_S + 1  # every call times the reference again
+    assert seen[:5] == [100.0, 100.0, 100.0, 100.0, 100.0]  # a single 150 is jitter
+    assert seen[-1] == 150.0  # the machine really is slower now
+    clock[0] += table_module.REFERENCE_WINDOW_S + 60
+    timings = iter([80.0])
+    assert table.reference_us() == 80.0  # older timings no longer count
