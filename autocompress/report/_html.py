@@ -135,7 +135,12 @@ def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], 
 </section>
 <section><h2>Front: {metric} against measured latency</h2>
 <p class="hint">Marker area is proportional to engine size. Hover a point for its numbers; click a front member to see its policy.</p>
-<div class="chart-row"><svg id="front-chart" width="760" height="440" role="img" aria-label="Pareto front"></svg>
+<div class="chart-row"><div><svg id="front-chart" width="760" height="440" role="img" aria-label="Pareto front"></svg>
+<div class="legend"><svg width="12" height="12"><rect width="11" height="11" fill="#2e7d32"/></svg> original model
+<svg width="12" height="12"><circle cx="6" cy="6" r="5" fill="#1565c0"/></svg> front member (area: engine size)
+<svg width="12" height="12"><circle cx="6" cy="6" r="4.5" fill="#fff" stroke="#c62828" stroke-width="2"/></svg> front member, verification failed
+<svg width="12" height="12"><circle cx="6" cy="6" r="4" fill="#9e9e9e"/></svg> other fine-tuned candidates
+<svg width="16" height="12"><line x1="8" y1="0" x2="8" y2="12" stroke="#d32f2f" stroke-dasharray="3 2"/></svg> budget</div></div>
 <div id="member-detail" class="detail"><p class="hint">Click a front member.</p></div></div></section>
 <section><h2>Policy across layers <span id="heatmap-title" class="sub"></span></h2>
 <svg id="heatmap" width="980" height="10" role="img" aria-label="per-layer policy"></svg></section>
@@ -169,6 +174,7 @@ table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;paddin
 td.left,th.left{text-align:left}tr.member-row{cursor:pointer}tr.member-row:hover{background:#f3f7ff}
 tr.selected{background:#e3edff !important}tr.failed td.status{color:#c62828;font-weight:bold}
 .chart-row{display:flex;gap:1em;flex-wrap:wrap;align-items:flex-start}
+.legend{font-size:.8em;color:#444;margin:.2em 0 0 60px;max-width:700px}.legend svg{vertical-align:middle;margin-left:.8em}
 .detail{min-width:260px;max-width:380px;border:1px solid #e0e6ef;border-radius:6px;padding:.6em 1em;background:#fbfcfe;font-size:.9em}
 .detail dt{color:#666}.detail dd{margin:0 0 .3em 0}.bad{color:#c62828}
 #tooltip{position:absolute;display:none;pointer-events:none;background:rgba(33,33,33,.92);color:#fff;padding:5px 8px;border-radius:4px;font-size:12px;white-space:pre;z-index:10}
@@ -218,17 +224,17 @@ _JS = r"""
     return [floorZero ? Math.min(0, lo) : lo - m, hi + m];
   }
   // Axes in an SVG; returns scale functions.
-  function frame(svg, xr, yr, xlabel, ylabel, left) {
+  function frame(svg, xr, yr, xlabel, ylabel, left, integerX) {
     var W = +svg.getAttribute("width"), H = +svg.getAttribute("height");
     var L = left || 62, R = 14, T = 14, B = 44;
     var X = function (v) { return L + (v - xr[0]) * (W - L - R) / ((xr[1] - xr[0]) || 1); };
     var Y = function (v) { return H - B - (v - yr[0]) * (H - T - B) / ((yr[1] - yr[0]) || 1); };
     el("rect", {x: L, y: T, width: W - L - R, height: H - T - B, fill: "#fafbfc", stroke: "#ccc"}, svg);
-    ticks(xr[0], xr[1], 6).forEach(function (v) {
+    ticks(xr[0], xr[1], 6).filter(function (v) { return !integerX || Math.abs(v - Math.round(v)) < 1e-9; }).forEach(function (v) {
       el("line", {x1: X(v), x2: X(v), y1: T, y2: H - B, stroke: "#eee"}, svg);
       el("text", {x: X(v), y: H - B + 15, "text-anchor": "middle"}, svg, +v.toPrecision(4));
     });
-    ticks(yr[0], yr[1], 5).forEach(function (v) {
+    ticks(yr[0], yr[1], H < 300 ? 4 : 5).forEach(function (v) {
       el("line", {x1: L, x2: W - R, y1: Y(v), y2: Y(v), stroke: "#eee"}, svg);
       el("text", {x: L - 5, y: Y(v) + 4, "text-anchor": "end"}, svg, +v.toPrecision(4));
     });
@@ -241,12 +247,16 @@ _JS = r"""
   function drawFront() {
     var svg = document.getElementById("front-chart");
     var cands = D.candidates, base = D.baseline;
-    var xs = cands.map(function (c) { return c.measured_ms; }).concat([base.latency_ms, D.budget_ms]);
+    var xs = cands.map(function (c) { return c.measured_ms; }).concat([base.latency_ms]);
     var ys = cands.map(function (c) { return c.metric; }).concat([base.metric]);
-    var f = frame(svg, [0, Math.max.apply(null, xs) * 1.08], range(ys, 0.12), "measured latency (ms)", D.metric_name);
-    var bx = f.X(D.budget_ms);
+    var xmax = Math.max.apply(null, xs) * 1.1;
+    var budgetOnScale = D.budget_ms <= xmax * 1.6;  // a far budget would squeeze every point against the axis
+    if (budgetOnScale) xmax = Math.max(xmax, D.budget_ms * 1.08);
+    var f = frame(svg, [0, xmax], range(ys, 0.12), "measured latency (ms)", D.metric_name);
+    var bx = budgetOnScale ? f.X(D.budget_ms) : f.W - f.R;
     el("line", {x1: bx, x2: bx, y1: f.T, y2: f.H - f.B, stroke: "#d32f2f", "stroke-dasharray": "6 4", "class": "budget-line"}, svg);
-    el("text", {x: bx + 4, y: f.T + 14, fill: "#d32f2f"}, svg, "budget " + fmt(D.budget_ms, 3) + " ms");
+    el("text", {x: bx - 4, y: f.T + 14, fill: "#d32f2f", "text-anchor": "end"}, svg,
+       "budget " + fmt(D.budget_ms, 3) + " ms" + (budgetOnScale ? "" : " (off scale) \u2192"));
     cands.forEach(function (c) {
       if (c.on_front) return;
       var p = el("circle", {cx: f.X(c.measured_ms), cy: f.Y(c.metric), r: 3.5, fill: "#9e9e9e", opacity: 0.65, "class": "candidate"}, svg);
@@ -273,15 +283,6 @@ _JS = r"""
     var o = el("rect", {x: f.X(base.latency_ms) - 6, y: f.Y(base.metric) - 6, width: 12, height: 12, fill: "#2e7d32",
                         "class": "original-point"}, svg);
     hover(o, "original model\n" + D.metric_name + " " + fmt(base.metric, 4) + "\nlatency " + fmt(base.latency_ms, 3) + " ms");
-    var legend = [["#2e7d32", "original model", "rect"], ["#1565c0", "front member (area: size)", "circle"],
-                  ["#c62828", "front member, verification failed", "ring"], ["#9e9e9e", "other fine-tuned candidates", "circle"]];
-    legend.forEach(function (item, i) {
-      var y = f.H - f.B - 12 - 16 * (legend.length - 1 - i), x = f.W - f.R - 215;
-      if (item[2] === "rect") el("rect", {x: x - 5, y: y - 9, width: 10, height: 10, fill: item[0]}, svg);
-      else if (item[2] === "ring") el("circle", {cx: x, cy: y - 4, r: 5, fill: "#fff", stroke: item[0], "stroke-width": 2}, svg);
-      else el("circle", {cx: x, cy: y - 4, r: 5, fill: item[0]}, svg);
-      el("text", {x: x + 10, y: y}, svg, item[1]);
-    });
   }
 
   var BITS_COLOR = {32: "#eeeeee", 16: "#90caf9", 8: "#1e88e5", 4: "#4a148c"};
@@ -307,7 +308,7 @@ _JS = r"""
       el("text", {x: L - 8, y: top + r * ch + ch / 2 + 4, "text-anchor": "end"}, svg, row[0]);
       grid.forEach(function (c, i) {
         var g = el("g", {}, svg);
-        el("rect", {x: L + i * cw, y: top + r * ch, width: cw - 1, height: ch - 1, fill: row[1](c), "class": "heat-cell",
+        el("rect", {x: L + i * cw, y: top + r * ch, width: cw - 1, height: ch - 1, fill: row[1](c), stroke: "#d0d0d0", "class": "heat-cell",
                     "data-row": row[0], "data-layer": c.layer}, g);
         if (cw >= 22) el("text", {x: L + i * cw + cw / 2, y: top + r * ch + ch / 2 + 4, "text-anchor": "middle",
                                   fill: row[3](c) ? "#fff" : "#222"}, g, row[2](c));
@@ -387,7 +388,7 @@ _JS = r"""
     if (!pts.length) { el("text", {x: 20, y: 40}, svg, "no feasible candidate yet"); return; }
     var xs = P.map(function (p) { return p.trial; }), ys = pts.map(function (p) { return p[key]; });
     var yr = key === "infeasible_share" ? [0, 1] : range(ys, 0.1, key === "hypervolume");
-    var f = frame(svg, [Math.min.apply(null, xs), Math.max.apply(null, xs) || 1], yr, "trial", label, 56);
+    var f = frame(svg, [Math.min.apply(null, xs), Math.max.apply(null, xs) || 1], yr, "trial", label, 66, true);
     var d = "";
     pts.forEach(function (p, i) {  // a step line: the value holds until the next trial changes it
       var x = f.X(p.trial), y = f.Y(p[key]);
