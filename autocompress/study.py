@@ -429,11 +429,16 @@ def _load_trials(run_dir: Path) -> tuple[Any, list[dict]]:
     return study, trials
 
 
+def _engine_file(run_dir: Path, trial: dict) -> Path:
+    """A trial's engine inside ``run_dir`` (the recorded path may name the folder before a move)."""
+    return run_dir / "engines" / Path(trial["engine"]["path"]).name
+
+
 def _verification_problems(run_dir: Path, trial: dict) -> list[str]:
     """The engine's recorded check failures, plus any change to its file since it was verified."""
     engine = trial["engine"]
     problems = list(engine.get("problems", []))
-    path = Path(engine["path"])
+    path = _engine_file(run_dir, trial)
     if not path.is_file():
         problems.append(f"engine file {path.name} is missing")
     elif file_sha256(path) != engine.get("sha256"):
@@ -442,7 +447,7 @@ def _verification_problems(run_dir: Path, trial: dict) -> list[str]:
 
 
 def _write_member_sidecar(run_dir: Path, manifest: dict, member: dict) -> Path | None:
-    engine, path = member["engine"], Path(member["engine"]["path"])
+    engine, path = member["engine"], run_dir / member["engine_file"]
     if not path.is_file():
         return None
     checkpoint = candidate_path(run_dir, member["trial"])
@@ -494,10 +499,10 @@ def finalize_run(
         "failed_verification": len(exported) - len(done),
     }
     metric_of, latency_of = (lambda t: t["metric"]), (lambda t: t["measured_ms"])
-    near = [t for t in exported if t["measured_ms"] <= budget_ms * 1.25 and Path(t["engine"]["path"]).is_file()]
+    near = [t for t in exported if t["measured_ms"] <= budget_ms * 1.25 and _engine_file(run_dir, t).is_file()]
     candidates = pareto_front(near, metric_of, latency_of, higher)
     if candidates:  # re-time interleaved with the original model, so drift hits all alike
-        timings = backend.measure_many([(teacher_bytes, feeds)] + [(Path(t["engine"]["path"]), feeds) for t in candidates], rounds=5)
+        timings = backend.measure_many([(teacher_bytes, feeds)] + [(_engine_file(run_dir, t), feeds) for t in candidates], rounds=5)
         for t, m in zip(candidates, timings[1:]):
             t["first_measured_ms"] = t["measured_ms"]
             t["measured_ms"] = m.median_us / 1000
@@ -521,12 +526,12 @@ def finalize_run(
         }
     members = []
     for t in front:
-        engine_path = Path(t["engine"]["path"])
+        engine_path = _engine_file(run_dir, t)
         member = {
             "trial": t["number"], "number": t["number"], "policy": t["policy"], "metric": t["metric"],
             "predicted_ms": t["predicted_ms"], "measured_ms": t["measured_ms"], "size_bytes": t["size_bytes"],
             "first_measured_ms": t.get("first_measured_ms"), "speedup": t.get("speedup_vs_original_same_round"),
-            "engine": t["engine"], "engine_path": t["engine"]["path"], "summary": t.get("summary", ""),
+            "engine": t["engine"], "engine_path": str(engine_path), "summary": t.get("summary", ""),
             "extra_metrics": t["engine"].get("runtime_extra_metrics", {}),
             "verified": t["verified"], "problems": t["problems"],
             "engine_file": f"engines/{engine_path.name}", "sidecar_file": f"engines/{sidecar_path(engine_path).name}",
