@@ -230,7 +230,7 @@ _JS = r"""
     var X = function (v) { return L + (v - xr[0]) * (W - L - R) / ((xr[1] - xr[0]) || 1); };
     var Y = function (v) { return H - B - (v - yr[0]) * (H - T - B) / ((yr[1] - yr[0]) || 1); };
     el("rect", {x: L, y: T, width: W - L - R, height: H - T - B, fill: "#fafbfc", stroke: "#ccc"}, svg);
-    ticks(xr[0], xr[1], 6).filter(function (v) { return !integerX || Math.abs(v - Math.round(v)) < 1e-9; }).forEach(function (v) {
+    ticks(xr[0], xr[1], W < 600 ? 4 : 6).filter(function (v) { return !integerX || Math.abs(v - Math.round(v)) < 1e-9; }).forEach(function (v) {
       el("line", {x1: X(v), x2: X(v), y1: T, y2: H - B, stroke: "#eee"}, svg);
       el("text", {x: X(v), y: H - B + 15, "text-anchor": "middle"}, svg, +v.toPrecision(4));
     });
