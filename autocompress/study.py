@@ -407,7 +407,8 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
         for member in result.front:
             with console.status(f"Final fine-tuning of trial {member['trial']} ({config.final_finetune} steps) ..."):
                 final = export_trial(run_dir, member["trial"], "onnx", run_dir / "engines" / "final", config.final_finetune)
-            console.print(f"  trial {member['trial']}: final engine {final.engine} ({task.metric_name} {final.metric:.4f}, "
+            metric = f"{final.metric:.4f}" if final.metric is not None else "-"
+            console.print(f"  trial {member['trial']}: final engine {final.engine} ({task.metric_name} {metric}, "
                           f"{final.latency_ms:.3f} ms){'' if final.ok else ' [red]verification failed[/]'}")
         result = finalize_run(run_dir, task.metric_name, console, backend, feeds, original_onnx, wall_s=time.perf_counter() - t_start)
     console.print(f"Done in {time.perf_counter() - t_start:.0f} s: {result.counts}")
@@ -585,8 +586,10 @@ def front_table(summary: dict, members: list[dict]) -> Table:
         extra = [f"{m['extra_metrics'][n]:.4f}" if n in m["extra_metrics"] else "-" for n in extra_names]
         verified = m.get("verified", m["engine"].get("ok", True))
         status = "verified" if verified else "[red]FAILED: " + "; ".join(m.get("problems") or m["engine"].get("problems", [])) + "[/]"
-        if m.get("final"):
-            status += f"; final +{m['final']['steps']} steps: {m['final']['metric']:.4f}"
+        final = m.get("final")
+        if final:
+            metric = f"{final['metric']:.4f}" if final.get("metric") is not None else "-"
+            status += f"; final +{final['steps']} steps: {metric}" + ("" if final.get("verified") else " [red](FAILED)[/]")
         table.add_row(
             str(m["trial"]), f"{m['metric']:.4f}", f"{m['metric'] - base['metric']:+.4f}", *extra, f"{m['predicted_ms']:.3f}",
             f"{m['measured_ms']:.3f}", f"{m['speedup']:.2f}x" if m.get("speedup") else "-", f"{m['size_bytes'] / 1024:.0f}",

@@ -122,3 +122,22 @@ def test_runs_list_and_show(mlp_run, tmp_path, capsys):
     assert main(["runs", "show", str(root / "not-a-run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+def test_report_serve_command_serves_the_existing_report(mlp_run):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "autocompress", "report", str(mlp_run), "--serve", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/report\.html", line)
+        assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
+        port = int(match.group(1))
+        status, body = _get(port, "/report.html")
+        assert status == 200 and body == (mlp_run / "report.html").read_bytes()
+        assert _get(port, "/%2e%2e/run.json")[0] == 403
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
