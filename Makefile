@@ -11,6 +11,10 @@ $(STAMP): pyproject.toml
 	@test -f /usr/share/wordnet/data.noun || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
 		&& apt-get update -qq && apt-get install -y -qq wordnet-base >/dev/null; } \
 		|| echo "note: WordNet text is missing; the minilm task needs it: apt-get install wordnet-base"
+	@# Debian's chromium and its driver run the report's browser test (skipped without them).
+	@test -x /usr/bin/chromedriver || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; } \
+		|| echo "note: chromium is missing; the report's browser test is skipped: apt-get install chromium chromium-driver"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'

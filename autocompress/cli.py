@@ -59,9 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
     _target_and_space_options(s)
     s.add_argument("--no-shared-table", action="store_true", help="do not reuse or update the latency table shared across runs")
     s.add_argument("--allow-other-profile", action="store_true", help="reuse a latency table measured on another target")
+    s.add_argument("--final-finetune", type=int, default=0, metavar="STEPS",
+                   help="distill each front member STEPS more steps and export it again to engines/final/")
 
     r = sub.add_parser("report", help="rebuild a run's pareto.json and report.html from its trial store")
     r.add_argument("run_dir")
+    r.add_argument("--serve", action="store_true", help="serve the run directory over HTTP (builds the report first if missing)")
+    r.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    r.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000; 0 picks a free one)")
+
+    e = sub.add_parser("export", help="export one trial of a run as a verified engine with a JSON sidecar")
+    e.add_argument("run_dir")
+    e.add_argument("--trial", type=int, required=True, help="trial number (see `autocompress runs show RUN`)")
+    e.add_argument("--format", default="onnx", help="onnx (the policy's precisions), onnx-int8, onnx-fp16 or tensorrt")
+    e.add_argument("--out", default=None, help="output folder (default RUN/exports)")
+    e.add_argument("--final-finetune", type=int, default=0, metavar="STEPS", help="distill the trial STEPS more steps before export")
+
+    runs = sub.add_parser("runs", help="list run directories or show one run's front")
+    rsub = runs.add_subparsers(dest="runs_command", required=True, parser_class=_Parser)
+    rl = rsub.add_parser("list", help="a table of the runs under a folder")
+    rl.add_argument("--root", default="runs", help="folder holding run directories (default runs)")
+    rs = rsub.add_parser("show", help="a run's front as a table, with each engine's verification status")
+    rs.add_argument("run_dir")
 
     lut = sub.add_parser("lut", help="build, show and validate latency tables")
     lsub = lut.add_subparsers(dest="lut_command", required=True, parser_class=_Parser)
@@ -109,6 +128,7 @@ def _search(args: argparse.Namespace) -> int:
         task=args.task, latency_budget=args.latency_budget, trials=args.trials,
         run_dir=args.run_dir or f"runs/{task_name}", searcher=args.searcher, seed=args.seed, distill=distill,
         space=space, lr_given=args.lr is not None, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
+        final_finetune=args.final_finetune,
     )
     run_search(config, console=_console())
     return 0
@@ -129,6 +149,8 @@ def _report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "run.json").is_file() or not (run_dir / "study.db").is_file():
         raise UserError(f"{str(run_dir)!r} is not a run directory (no run.json and study.db); give the --run-dir of a search.")
+    if args.serve and (run_dir / "report.html").is_file():
+        return _serve(run_dir, args.host, args.port)
     manifest = read_json(run_dir / "run.json")
     from autocompress.task import load_task
 
@@ -137,6 +159,57 @@ def _report(args: argparse.Namespace) -> int:
 
     backend = OrtCpuBackend(threads=manifest["profile"]["threads"])
     finalize_run(run_dir, manifest["metric_name"], _console(), backend, feeds_for(task.example_inputs), to_onnx_bytes(task.model, task.example_inputs, dynamic_batch=True))
+    return _serve(run_dir, args.host, args.port) if args.serve else 0
+
+
+def _serve(run_dir: Path, host: str, port: int) -> int:
+    from autocompress.report import make_server
+
+    server = make_server(run_dir, host, port)
+    print(f"Serving {run_dir} at http://{host}:{server.server_address[1]}/report.html (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from autocompress.export import export_trial
+
+    result = export_trial(Path(args.run_dir), args.trial, args.format, args.out, args.final_finetune)
+    metric = f"{result.metric:.4f}" if result.metric is not None else "-"
+    status = "verified" if result.ok else "FAILED verification: " + "; ".join(result.problems)
+    print(f"{result.engine}: metric {metric}, {result.latency_ms:.3f} ms, {status}\nsidecar: {result.sidecar}")
+    return 0 if result.ok else 1
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from autocompress.report import list_runs, load_front
+
+    console = _console()
+    if args.runs_command == "show":
+        from autocompress.study import front_table
+
+        front = load_front(Path(args.run_dir))
+        console.print(front_table(front, front.get("members", [])))
+        failed = [m for m in front.get("members", []) if not m.get("verified", m.get("engine", {}).get("ok", True))]
+        if failed:
+            console.print(f"[red]{len(failed)} member(s) failed engine verification; see the engine column.[/]")
+        return 0
+    rows = list_runs(Path(args.root))
+    table = Table(title=f"Runs in {args.root}")
+    for col in ("run", "task", "target", "budget", "trials", "best under budget", "date"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        budget = f"{r.budget} ({r.budget_ms:.3f} ms)" if r.budget_ms is not None else r.budget
+        best = f"{r.metric_name} {r.best_metric:.4f}" if r.best_metric is not None else "-"
+        table.add_row(r.path, r.task, r.target, budget, "-" if r.trials is None else str(r.trials), best, r.created)
+    console.print(table if rows else f"No run directories in {args.root}.")
     return 0
 
 
@@ -242,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     try:
-        return {"search": _search, "report": _report, "lut": _lut}[args.command](args)
+        return {"search": _search, "report": _report, "lut": _lut, "export": _export, "runs": _runs}[args.command](args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

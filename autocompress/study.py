@@ -26,7 +26,10 @@ from autocompress._io import atomic_write_json, read_json
 from autocompress.budget import parse_budget
 from autocompress.errors import UserError
 from autocompress.evaluators import DistillConfig, distill, evaluate
-from autocompress.export import export_engine
+from autocompress.export import (
+    candidate_path, export_engine, export_trial, file_sha256, prune_candidates, read_sidecar, save_candidate, sidecar_path,
+    write_sidecar,
+)
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import LatencyTable, OrtCpuBackend, feeds_for, to_onnx_bytes
 from autocompress.report import pareto_front, write_report
@@ -34,7 +37,7 @@ from autocompress.search import SAMPLERS, OptunaSearcher, Outcome
 from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
 from autocompress.task import Task, as_input_tuple, load_task
 
-__all__ = ["SearchConfig", "RunResult", "Workbench", "finalize_run", "open_workbench", "run_search", "train_and_export"]
+__all__ = ["SearchConfig", "RunResult", "Workbench", "finalize_run", "front_table", "open_workbench", "run_search", "train_and_export"]
 
 SCHEMA = 1
 BUDGET_NOISE = 1.05  # measured latency may exceed the budget by this factor (timing noise)
@@ -57,6 +60,7 @@ class SearchConfig:
     share_table: bool = True
     allow_other_profile: bool = False
     lr_given: bool = False  # distill.lr was set by the user; otherwise the task's own rate applies
+    final_finetune: int = 0  # extra distillation steps for each front member before its final export
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -65,6 +69,8 @@ class SearchConfig:
             raise UserError(f"Unknown searcher {self.searcher!r}; choose one of {list(SAMPLERS)}.")
         if self.threads < 1:
             raise UserError(f"--threads must be at least 1, but got {self.threads}.")
+        if self.final_finetune < 0:
+            raise UserError(f"--final-finetune must be at least 0, but got {self.final_finetune}.")
 
 
 @dataclass
@@ -214,6 +220,7 @@ def train_and_export(
     losses = distill(student, task.model, task.train_loader, distill_config)
     t_ft = time.perf_counter() - t0
     metric = evaluate(student, task.eval_loader, task.metric)
+    checkpoint = save_candidate(student, candidate_path(engines_dir.parent, trial_id), trial_id, policy.to_dict())
     engine = export_engine(
         student, task.example_inputs, engines_dir / f"trial-{trial_id:04d}.onnx", bench.backend, check_batches,
         task.metric, task.eval_loader, task.extra_metrics,
@@ -223,6 +230,7 @@ def train_and_export(
         "size_bytes": engine.size_bytes, "engine": engine.to_dict(),
         "final_loss": losses[-1] if losses else None, "finetune_s": t_ft,
         "summary": _summarize_policy(policy, len(bench.inventory.layers)),
+        "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint)},
     }
 
 
@@ -295,6 +303,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
         "task_spec": config.task,
         "task_fingerprint": task.fingerprint,
         "inventory_fingerprint": inventory.fingerprint,
+        "layers": [{"name": l.name, "kind": l.kind, "out_group": l.out_group, "params": l.params} for l in inventory.layers.values()],
         "config": {**asdict(config), "distill": asdict(distill_config), "space": asdict(config.space)},
         "metric_name": task.metric_name,
         "higher_is_better": task.higher_is_better,
@@ -394,6 +403,14 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
 
     # 5. The front: re-measure candidates interleaved with the baseline, keep those within budget.
     result = finalize_run(run_dir, task.metric_name, console, backend, feeds, original_onnx, wall_s=time.perf_counter() - t_start)
+    if config.final_finetune and result.front:
+        for member in result.front:
+            with console.status(f"Final fine-tuning of trial {member['trial']} ({config.final_finetune} steps) ..."):
+                final = export_trial(run_dir, member["trial"], "onnx", run_dir / "engines" / "final", config.final_finetune)
+            metric = f"{final.metric:.4f}" if final.metric is not None else "-"
+            console.print(f"  trial {member['trial']}: final engine {final.engine} ({task.metric_name} {metric}, "
+                          f"{final.latency_ms:.3f} ms){'' if final.ok else ' [red]verification failed[/]'}")
+        result = finalize_run(run_dir, task.metric_name, console, backend, feeds, original_onnx, wall_s=time.perf_counter() - t_start)
     console.print(f"Done in {time.perf_counter() - t_start:.0f} s: {result.counts}")
     return result
 
@@ -413,33 +430,89 @@ def _load_trials(run_dir: Path) -> tuple[Any, list[dict]]:
     return study, trials
 
 
+def _engine_file(run_dir: Path, trial: dict) -> Path:
+    """A trial's engine inside ``run_dir`` (the recorded path may name the folder before a move)."""
+    return run_dir / "engines" / Path(trial["engine"]["path"]).name
+
+
+def _verification_problems(run_dir: Path, trial: dict) -> list[str]:
+    """The engine's recorded check failures, plus any change to its file since it was verified."""
+    engine = trial["engine"]
+    problems = list(engine.get("problems", []))
+    path = _engine_file(run_dir, trial)
+    if not path.is_file():
+        problems.append(f"engine file {path.name} is missing")
+    elif file_sha256(path) != engine.get("sha256"):
+        problems.append(f"engine file {path.name} changed since it was verified (sha256 differs)")
+    return problems
+
+
+def _write_member_sidecar(run_dir: Path, manifest: dict, member: dict) -> Path | None:
+    engine, path = member["engine"], run_dir / member["engine_file"]
+    if not path.is_file():
+        return None
+    checkpoint = candidate_path(run_dir, member["trial"])
+    provenance = {
+        "format": engine.get("format", "onnx"), "trial": member["trial"], "policy": member["policy"], "run": str(run_dir),
+        "task": manifest["task"], "task_spec": manifest.get("task_spec"), "task_fingerprint": manifest.get("task_fingerprint"),
+        "metric_name": manifest["metric_name"], "target_profile": manifest["profile"], "versions": manifest.get("versions", {}),
+        "checkpoint": ({"path": str(checkpoint.relative_to(run_dir)), "sha256": file_sha256(checkpoint)}
+                       if checkpoint.is_file() else None),
+        "finetune": {"search_steps": manifest["config"]["distill"]["steps"], "final_steps": 0},
+    }
+    verification = {
+        "runtime": "onnxruntime", "tolerance": engine["tolerance"], "relative_error": engine["relative_error"],
+        "max_abs_error": engine["max_abs_error"], "output_cosine": engine.get("output_cosine"),
+        "top1_agreement": engine.get("top1_agreement"), "integer_nodes": engine.get("integer_nodes", {}),
+        "int8_layers": engine.get("int8_layers"), "latency_ms": member["measured_ms"],
+        "first_latency_ms": member.get("first_measured_ms"), "predicted_ms": member["predicted_ms"],
+        "speedup_vs_original_same_round": member.get("speedup"),
+        "latency_method": (f"ONNX Runtime CPU, {manifest['profile'].get('threads', 1)} thread(s), median over 5 rounds "
+                           "interleaved with the original model (the latency table's backend)"),
+        "runtime_metric": engine.get("runtime_metric"), "runtime_extra_metrics": engine.get("runtime_extra_metrics", {}),
+        "ok": member["verified"], "problems": member["problems"],
+    }
+    return write_sidecar(path, provenance, verification)
+
+
 def finalize_run(
     run_dir: Path, task_metric_name: str, console: Console, backend: OrtCpuBackend, feeds: dict, teacher_bytes: bytes,
     wall_s: float | None = None,
 ) -> RunResult:
-    """Pick the front from the trial store, re-time it, and write pareto.json and report.html."""
+    """Pick the front from the trial store, re-time it, and write pareto.json, each member's
+    engine sidecar, and report.html. Members whose engine failed verification stay on the
+    front only where no verified candidate dominates them, marked with the reasons; the
+    fine-tuned weights of trials off the front are deleted when large."""
     manifest = read_json(run_dir / "run.json")
     _, trials = _load_trials(run_dir)
     budget_ms = manifest["budget_ms"]
     higher = manifest["higher_is_better"]
-    done = [t for t in trials if t.get("status") == "completed" and "engine" in t and t["engine"].get("ok")]
+    exported = [t for t in trials if t.get("status") == "completed" and "engine" in t and "duplicate_of" not in t]
+    for t in exported:
+        t["problems"] = _verification_problems(run_dir, t)
+        t["verified"] = not t["problems"]
+    done = [t for t in exported if t["verified"]]
     counts = {
         "completed": sum(1 for t in trials if t.get("status") == "completed" and "duplicate_of" not in t),
         "infeasible": sum(1 for t in trials if t.get("status") == "infeasible"),
         "failed": sum(1 for t in trials if t.get("status") == "failed"),
         "duplicates": sum(1 for t in trials if "duplicate_of" in t),
+        "failed_verification": len(exported) - len(done),
     }
-    candidates = pareto_front(
-        [t for t in done if t["measured_ms"] <= budget_ms * 1.25], lambda t: t["metric"], lambda t: t["measured_ms"], higher
-    )
+    metric_of, latency_of = (lambda t: t["metric"]), (lambda t: t["measured_ms"])
+    near = [t for t in exported if t["measured_ms"] <= budget_ms * 1.25 and _engine_file(run_dir, t).is_file()]
+    candidates = pareto_front(near, metric_of, latency_of, higher)
     if candidates:  # re-time interleaved with the original model, so drift hits all alike
-        timings = backend.measure_many([(teacher_bytes, feeds)] + [(Path(t["engine"]["path"]), feeds) for t in candidates], rounds=5)
+        timings = backend.measure_many([(teacher_bytes, feeds)] + [(_engine_file(run_dir, t), feeds) for t in candidates], rounds=5)
         for t, m in zip(candidates, timings[1:]):
             t["first_measured_ms"] = t["measured_ms"]
             t["measured_ms"] = m.median_us / 1000
             t["speedup_vs_original_same_round"] = timings[0].median_us / m.median_us
     within = [t for t in candidates if t["measured_ms"] <= budget_ms * BUDGET_NOISE]
-    front = pareto_front(within, lambda t: t["metric"], lambda t: t["measured_ms"], higher)
+    front_ids = {id(t) for t in pareto_front([t for t in within if t["verified"]], metric_of, latency_of, higher)}
+    # A failed engine stays visible (marked) where no verified candidate beats it.
+    front_ids |= {id(t) for t in pareto_front(within, metric_of, latency_of, higher) if not t["verified"]}
+    front = sorted((t for t in within if id(t) in front_ids), key=latency_of)
     errors = [t["predicted_ms"] / t["measured_ms"] - 1 for t in done if t.get("measured_ms")]
     fidelity = {}
     if errors:
@@ -454,36 +527,39 @@ def finalize_run(
         }
     members = []
     for t in front:
-        members.append({
+        engine_path = _engine_file(run_dir, t)
+        member = {
             "trial": t["number"], "number": t["number"], "policy": t["policy"], "metric": t["metric"],
             "predicted_ms": t["predicted_ms"], "measured_ms": t["measured_ms"], "size_bytes": t["size_bytes"],
             "first_measured_ms": t.get("first_measured_ms"), "speedup": t.get("speedup_vs_original_same_round"),
-            "engine": t["engine"], "engine_path": t["engine"]["path"], "summary": t.get("summary", ""),
+            "engine": t["engine"], "engine_path": str(engine_path), "summary": t.get("summary", ""),
             "extra_metrics": t["engine"].get("runtime_extra_metrics", {}),
-        })
+            "verified": t["verified"], "problems": t["problems"],
+            "engine_file": f"engines/{engine_path.name}", "sidecar_file": f"engines/{sidecar_path(engine_path).name}",
+        }
+        _write_member_sidecar(run_dir, manifest, member)
+        final = read_sidecar(run_dir / "engines" / "final" / engine_path.name)
+        if final is not None:
+            member["final"] = {
+                "engine_file": f"engines/final/{final['engine']}", "sidecar_file": f"engines/final/{final['engine']}.json",
+                "steps": final["finetune"]["final_steps"], "metric": final["verification"].get("runtime_metric"),
+                "latency_ms": final["verification"].get("latency_ms"), "verified": final["verification"].get("ok"),
+                "problems": final["verification"].get("problems", []),
+            }
+        members.append(member)
+    removed = prune_candidates(run_dir, keep={m["trial"] for m in members})
     summary = {
         "run": str(run_dir), "task": manifest["task"], "metric_name": manifest["metric_name"],
         "higher_is_better": higher, "baseline": manifest["baseline"], "budget": manifest["config"]["latency_budget"],
         "budget_ms": budget_ms, "profile": manifest["profile"], "counts": counts, "fidelity": fidelity,
+        "layers": manifest.get("layers", []), "created": manifest.get("created"),
     }
     if wall_s is not None:
         summary["search_wall_s"] = wall_s
     atomic_write_json(run_dir / "pareto.json", {"schema": SCHEMA, **summary, "members": members})
-    report = write_report(run_dir / "report.html", summary, [t for t in done], members)
+    report = write_report(run_dir / "report.html", summary, trials, members)
 
-    base = manifest["baseline"]
-    table = Table(title=f"Pareto front (budget {budget_ms:.3f} ms)")
-    extra_names = list(base.get("extra_metrics", {}))
-    for col in ("trial", task_metric_name, "vs original", *[f"{n} (orig {base['extra_metrics'][n]:.3f})" for n in extra_names],
-                "predicted ms", "measured ms", "speedup", "KiB", "policy"):
-        table.add_column(col, justify="right" if col != "policy" else "left", overflow="fold")
-    for m in members:
-        extra = [f"{m['extra_metrics'][n]:.4f}" if n in m["extra_metrics"] else "-" for n in extra_names]
-        table.add_row(
-            str(m["trial"]), f"{m['metric']:.4f}", f"{m['metric'] - base['metric']:+.4f}", *extra, f"{m['predicted_ms']:.3f}",
-            f"{m['measured_ms']:.3f}", f"{m['speedup']:.2f}x", f"{m['size_bytes'] / 1024:.0f}", m["summary"],
-        )
-    console.print(table)
+    console.print(front_table(summary, members))
     if not members:
         console.print("[yellow]No fine-tuned candidate measured within the budget.[/]")
     if fidelity:
@@ -491,5 +567,32 @@ def finalize_run(
             f"Latency table on this run's {fidelity['candidates']} exported candidates: median |error| "
             f"{fidelity['median_abs_error']:.1%}, within ±10%: {fidelity['within_10pct']:.0%}"
         )
+    if removed:
+        console.print(f"Deleted the fine-tuned weights of {len(removed)} trial(s) off the front (kept: front members').")
     console.print(f"Report: [bold]{report}[/]   Front: {run_dir / 'pareto.json'}")
+    base = manifest["baseline"]
     return RunResult(run_dir, base["latency_ms"], base["metric"], budget_ms, members, counts)
+
+
+def front_table(summary: dict, members: list[dict]) -> Table:
+    """The front as a terminal table, with each engine's verification status."""
+    base = summary["baseline"]
+    table = Table(title=f"Pareto front (budget {summary['budget_ms']:.3f} ms)")
+    extra_names = list(base.get("extra_metrics", {}))
+    for col in ("trial", summary["metric_name"], "vs original", *[f"{n} (orig {base['extra_metrics'][n]:.3f})" for n in extra_names],
+                "predicted ms", "measured ms", "speedup", "KiB", "engine", "policy"):
+        table.add_column(col, justify="left" if col in ("policy", "engine") else "right", overflow="fold")
+    for m in members:
+        extra = [f"{m['extra_metrics'][n]:.4f}" if n in m["extra_metrics"] else "-" for n in extra_names]
+        verified = m.get("verified", m["engine"].get("ok", True))
+        status = "verified" if verified else "[red]FAILED: " + "; ".join(m.get("problems") or m["engine"].get("problems", [])) + "[/]"
+        final = m.get("final")
+        if final:
+            metric = f"{final['metric']:.4f}" if final.get("metric") is not None else "-"
+            status += f"; final +{final['steps']} steps: {metric}" + ("" if final.get("verified") else " [red](FAILED)[/]")
+        table.add_row(
+            str(m["trial"]), f"{m['metric']:.4f}", f"{m['metric'] - base['metric']:+.4f}", *extra, f"{m['predicted_ms']:.3f}",
+            f"{m['measured_ms']:.3f}", f"{m['speedup']:.2f}x" if m.get("speedup") else "-", f"{m['size_bytes'] / 1024:.0f}",
+            status, m["summary"],
+        )
+    return table

@@ -108,3 +108,28 @@ def mlp_input() -> torch.Tensor:
 def mlp_inventory() -> LayerInventory:
     x = torch.randn(1, 16, generator=torch.Generator().manual_seed(2))
     return build_inventory(make_mlp(), (x,))
+
+
+MLP_TASK = f"{__import__('pathlib').Path(__file__).resolve().parent / 'fixtures' / 'mlp_task.py'}:build"
+
+
+@pytest.fixture(scope="session")
+def mlp_run(tmp_path_factory: pytest.TempPathFactory, isolated_cache):
+    """A real finished search on the tiny MLP task (3 trials, a small space): run.json,
+    study.db, engines with sidecars, candidate weights, pareto.json and report.html.
+    Tests that change it work on a copy."""
+    import io
+
+    from rich.console import Console
+
+    from autocompress.evaluators import DistillConfig
+    from autocompress.spaces import SpaceConfig
+    from autocompress.study import SearchConfig, run_search
+
+    run_dir = tmp_path_factory.mktemp("mlp-run") / "run"
+    config = SearchConfig(
+        task=MLP_TASK, latency_budget="10ms", trials=3, run_dir=str(run_dir), seed=0, distill=DistillConfig(steps=5),
+        space=SpaceConfig(prune_ratios=(0.0, 0.5), bits=(32, 8), rank_ratios=(1.0,)), calibration_batches=1, share_table=False,
+    )
+    run_search(config, console=Console(file=io.StringIO()))
+    return run_dir
