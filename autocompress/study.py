@@ -28,7 +28,7 @@ from autocompress.errors import UserError
 from autocompress.evaluators import DistillConfig, distill, evaluate
 from autocompress.export import export_engine
 from autocompress.inventory import build_inventory
-from autocompress.latency_lut import LatencyTable, OrtCpuBackend, feeds_for, to_onnx_bytes
+from autocompress.latency_lut import DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, make_backend
 from autocompress.report import pareto_front, write_report
 from autocompress.search import SAMPLERS, OptunaSearcher, Outcome
 from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
@@ -56,6 +56,7 @@ class SearchConfig:
     max_proposals_per_trial: int = 50
     share_table: bool = True
     allow_other_profile: bool = False
+    backend: str = DEFAULT_BACKEND  # latency backend of the target (latency_lut.BACKENDS)
     lr_given: bool = False  # distill.lr was set by the user; otherwise the task's own rate applies
 
     def __post_init__(self) -> None:
@@ -65,6 +66,9 @@ class SearchConfig:
             raise UserError(f"Unknown searcher {self.searcher!r}; choose one of {list(SAMPLERS)}.")
         if self.threads < 1:
             raise UserError(f"--threads must be at least 1, but got {self.threads}.")
+        from autocompress.latency_lut._factory import check_name
+
+        check_name(self.backend)
 
 
 @dataclass
@@ -85,11 +89,11 @@ class Workbench:
     task: Task
     inventory: Any
     space: Any
-    backend: OrtCpuBackend
+    backend: LatencyBackend
     table: LatencyTable
     calib_batches: list
     channel_multiple: int
-    _original_onnx: bytes | None = None
+    _original: Measurable | None = None
 
     def candidate(self, policy: Policy) -> torch.nn.Module:
         return compress.apply(
@@ -99,39 +103,41 @@ class Workbench:
 
     def measure_policy(self, policy: Policy) -> float:
         """Build, export and time the candidate ``policy`` describes, end to end (us)."""
-        example = self.task.example_inputs
-        return self.backend.measure(to_onnx_bytes(self.candidate(policy), example, dynamic_batch=True), feeds_for(example)).median_us
+        item = Measurable.from_module(self.candidate(policy), self.task.example_inputs, dynamic_batch=True)
+        return self.backend.measure(item).median_us
 
     def measure_with_original(self, policy: Policy) -> tuple[float, float]:
         """The candidate and the original model timed interleaved, round by round (us, us)."""
-        example, feeds = self.task.example_inputs, feeds_for(self.task.example_inputs)
-        if self._original_onnx is None:
-            self._original_onnx = to_onnx_bytes(self.task.model, example, dynamic_batch=True)
-        candidate = to_onnx_bytes(self.candidate(policy), example, dynamic_batch=True)
-        original, measured = self.backend.measure_many([(self._original_onnx, feeds), (candidate, feeds)], rounds=5)
+        example = self.task.example_inputs
+        if self._original is None:  # its ONNX export is kept between calls
+            self._original = Measurable.from_module(self.task.model, example, dynamic_batch=True)
+        candidate = Measurable.from_module(self.candidate(policy), example, dynamic_batch=True)
+        original, measured = self.backend.measure_many([self._original, candidate], rounds=5)
         return measured.median_us, original.median_us
 
 
 def open_workbench(
     task: Task, space_config: SpaceConfig, threads: int, table_path: Path, shared_table: bool, allow_other_profile: bool = False,
-    calibration_batches: int = 4,
+    calibration_batches: int = 4, backend: str = DEFAULT_BACKEND,
 ) -> Workbench:
+    """The task's inventory, space and calibration inputs, and the latency table of the
+    target named by ``backend`` and ``threads`` at the task's batch size."""
     inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)
     try:
         space = build_space(inventory, space_config)
     except ValueError as exc:
         raise UserError(f"{exc} Widen the space (--prune-ratios, --bits, --rank-ratios).") from None
-    backend = OrtCpuBackend(threads=threads)
-    shared = LatencyTable.default_shared_path(backend) if shared_table else None
+    latency = make_backend(backend, threads=threads, batch_size=int(task.example_inputs[0].shape[0]))
+    shared = LatencyTable.default_shared_path(latency) if shared_table else None
     if shared is not None and Path(shared).resolve() == Path(table_path).resolve():
         shared = None
-    table = LatencyTable.open(table_path, backend, shared, allow_other_profile, space_config.channel_multiple)
+    table = LatencyTable.open(table_path, latency, shared, allow_other_profile, space_config.channel_multiple)
     calib: list[tuple[torch.Tensor, ...]] = []
     for inputs, _ in task.train_loader:
         calib.append(as_input_tuple(inputs))
         if len(calib) >= calibration_batches:
             break
-    return Workbench(task, inventory, space, backend, table, calib, space_config.channel_multiple)
+    return Workbench(task, inventory, space, latency, table, calib, space_config.channel_multiple)
 
 
 def _versions() -> dict:
@@ -239,7 +245,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     distill_config = task_distill_config(task, config)
     bench = open_workbench(
         task, config.space, config.threads, run_dir / "latency_table.json", config.share_table, config.allow_other_profile,
-        config.calibration_batches,
+        config.calibration_batches, config.backend,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     inventory, space, backend, table = bench.inventory, bench.space, bench.backend, bench.table
@@ -250,9 +256,8 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
 
     # 2. Baseline and budget.
     example = task.example_inputs
-    feeds = feeds_for(example)
-    original_onnx = to_onnx_bytes(task.model, example, dynamic_batch=True)
-    baseline_ms = backend.measure(original_onnx, feeds).median_us / 1000
+    original = Measurable.from_module(task.model, example, dynamic_batch=True)
+    baseline_ms = backend.measure(original).median_us / 1000
     try:
         baseline_metric = evaluate(task.model, task.eval_loader, task.metric)
         baseline_extra = {name: evaluate(task.model, task.eval_loader, fn) for name, fn in task.extra_metrics.items()}
@@ -265,7 +270,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     budget_ms = budget.resolve(baseline_ms)
     console.print(
         f"Original model: {task.metric_name} {baseline_metric:.4f}, {baseline_ms:.3f} ms "
-        f"(ONNX Runtime CPU, {config.threads} thread(s), batch {example[0].shape[0]})"
+        f"({backend.name}, {config.threads} thread(s), batch {example[0].shape[0]})"
     )
     console.print(f"Latency budget: [bold]{budget_ms:.3f} ms[/] ({config.latency_budget})")
     check_batches = [next(iter(task.eval_loader))]
@@ -393,7 +398,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
         )
 
     # 5. The front: re-measure candidates interleaved with the baseline, keep those within budget.
-    result = finalize_run(run_dir, task.metric_name, console, backend, feeds, original_onnx, wall_s=time.perf_counter() - t_start)
+    result = finalize_run(run_dir, task.metric_name, console, backend, original, wall_s=time.perf_counter() - t_start)
     console.print(f"Done in {time.perf_counter() - t_start:.0f} s: {result.counts}")
     return result
 
@@ -414,10 +419,14 @@ def _load_trials(run_dir: Path) -> tuple[Any, list[dict]]:
 
 
 def finalize_run(
-    run_dir: Path, task_metric_name: str, console: Console, backend: OrtCpuBackend, feeds: dict, teacher_bytes: bytes,
+    run_dir: Path, task_metric_name: str, console: Console, backend: LatencyBackend, original: Measurable,
     wall_s: float | None = None,
 ) -> RunResult:
-    """Pick the front from the trial store, re-time it, and write pareto.json and report.html."""
+    """Pick the front from the trial store, re-time it, and write pareto.json and report.html.
+
+    Engines are re-timed from their files interleaved with ``original``; a backend that
+    runs PyTorch modules (``needs_module``) cannot load them, and its front keeps the
+    latency measured in the trial, compared with the baseline measured at the start."""
     manifest = read_json(run_dir / "run.json")
     _, trials = _load_trials(run_dir)
     budget_ms = manifest["budget_ms"]
@@ -432,12 +441,16 @@ def finalize_run(
     candidates = pareto_front(
         [t for t in done if t["measured_ms"] <= budget_ms * 1.25], lambda t: t["metric"], lambda t: t["measured_ms"], higher
     )
-    if candidates:  # re-time interleaved with the original model, so drift hits all alike
-        timings = backend.measure_many([(teacher_bytes, feeds)] + [(Path(t["engine"]["path"]), feeds) for t in candidates], rounds=5)
+    if candidates and not backend.needs_module:  # re-time interleaved with the original model, so drift hits all alike
+        feeds = original.feeds()
+        engines = [Measurable.from_onnx(Path(t["engine"]["path"]), feeds) for t in candidates]
+        timings = backend.measure_many([original, *engines], rounds=5)
         for t, m in zip(candidates, timings[1:]):
             t["first_measured_ms"] = t["measured_ms"]
             t["measured_ms"] = m.median_us / 1000
             t["speedup_vs_original_same_round"] = timings[0].median_us / m.median_us
+    for t in candidates:
+        t.setdefault("speedup_vs_original_same_round", manifest["baseline"]["latency_ms"] / t["measured_ms"])
     within = [t for t in candidates if t["measured_ms"] <= budget_ms * BUDGET_NOISE]
     front = pareto_front(within, lambda t: t["metric"], lambda t: t["measured_ms"], higher)
     errors = [t["predicted_ms"] / t["measured_ms"] - 1 for t in done if t.get("measured_ms")]
