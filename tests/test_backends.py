@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from autocompress.errors import UserError
-from autocompress.latency_lut import BACKENDS, LatencyTable, Measurable, MeasurementError, backend_missing, make_backend, profile_id
+from autocompress.latency_lut import BACKENDS, LatencyTable, Measurable, MeasurementError, OrtTensorrtBackend, backend_missing, make_backend, profile_id
 from autocompress.latency_lut._backend import parse_nvidia_smi
 from autocompress.latency_lut._tensorrt import engine_layer_summary, optimization_shapes, prepare_onnx_for_tensorrt, tensorrt_profile
 from autocompress.testing.backends import CONFORMANCE_TIMING, BackendConformance, check_profile, small_model
@@ -180,3 +180,16 @@ def test_engine_export_with_an_eager_backend_checks_in_onnx_runtime(tmp_path, ml
     assert engine.ok, engine.problems
     assert engine.latency_us > 0 and engine.relative_error <= engine.tolerance
     assert sum(engine.integer_nodes.values()) >= 1  # the engine's integer kernels are checked in ONNX Runtime
+
+
+def test_tensorrt_provider_allows_int8_only_for_explicitly_quantized_graphs(mlp, mlp_input, mlp_inventory):
+    from autocompress import compress
+    from autocompress.latency_lut._ort import has_qdq
+    from autocompress.spaces import Policy
+
+    x = (mlp_input,)
+    int8 = compress.apply(mlp, mlp_inventory, Policy(bits={"0": 8, "2": 8}), x, [x])
+    assert has_qdq(Measurable.from_module(int8, x).onnx_bytes())
+    assert not has_qdq(Measurable.from_module(mlp, x).onnx_bytes())
+    options = dict(OrtTensorrtBackend().provider_options(Measurable.from_module(int8, x).onnx_bytes())[0:1])
+    assert options["TensorrtExecutionProvider"]["trt_int8_enable"] is True

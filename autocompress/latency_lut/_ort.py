@@ -43,7 +43,7 @@ class OrtBackend(LatencyBackend):
     def precisions(self) -> list[str]:
         return ["fp32", "fp16", "int8", "int4"]
 
-    def provider_options(self) -> list:
+    def provider_options(self, model: bytes | Path) -> list:
         return ["CPUExecutionProvider"]
 
     def target_profile(self) -> dict:
@@ -76,7 +76,7 @@ class OrtBackend(LatencyBackend):
         if optimized_model_path is not None:
             so.optimized_model_filepath = str(optimized_model_path)
         source = model if isinstance(model, bytes) else str(model)
-        session = ort.InferenceSession(source, so, providers=self.provider_options())
+        session = ort.InferenceSession(source, so, providers=self.provider_options(model))
         if self.provider not in session.get_providers():  # ONNX Runtime falls back silently
             raise MeasurementError(f"ONNX Runtime could not start {self.provider} (it ran {session.get_providers()}).")
         return session
@@ -113,7 +113,7 @@ class OrtCudaBackend(OrtBackend):
     def precisions(self) -> list[str]:
         return ["fp32", "fp16", "int8"]
 
-    def provider_options(self) -> list:
+    def provider_options(self, model: bytes | Path) -> list:
         return [(self.provider, {"device_id": self.device}), "CPUExecutionProvider"]
 
     def target_profile(self) -> dict:
@@ -144,13 +144,22 @@ class OrtCudaBackend(OrtBackend):
 class OrtTensorrtBackend(OrtCudaBackend):
     """ONNX Runtime's TensorRT execution provider (nodes it cannot take fall back to CUDA).
 
-    Engines are built on the first call of a session (the warm-up), with FP16 and INT8
-    kernels allowed (INT8 only where the graph carries Q/DQ scales)."""
+    Engines are built on the first call of a session (the warm-up), with FP16 kernels
+    allowed, and INT8 where the graph carries Q/DQ scales (without them TensorRT would
+    want a calibration table)."""
 
     name = "onnxruntime-tensorrt"
     provider = "TensorrtExecutionProvider"
 
-    def provider_options(self) -> list:
-        trt = {"device_id": self.device, "trt_fp16_enable": True, "trt_int8_enable": True}
+    def provider_options(self, model: bytes | Path) -> list:
+        trt = {"device_id": self.device, "trt_fp16_enable": True, "trt_int8_enable": has_qdq(model)}
         return [(self.provider, trt), ("CUDAExecutionProvider", {"device_id": self.device}), "CPUExecutionProvider"]
 
+
+
+def has_qdq(model: bytes | Path) -> bool:
+    """Whether the graph quantizes explicitly (QuantizeLinear nodes carry the int8 scales)."""
+    import onnx
+
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+    return any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
