@@ -152,12 +152,15 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _table_path(args: argparse.Namespace, batch_size: int) -> Path:
-    from autocompress.latency_lut import LatencyTable, make_backend
+    from autocompress.latency_lut import LatencyTable, check_backend_name, make_backend
 
+    if args.table:  # a given table is read whatever this machine can measure
+        check_backend_name(args.backend)
+        return Path(args.table)
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, but got {batch_size}.")
     backend = make_backend(args.backend, threads=args.threads, batch_size=batch_size)  # checks name, threads, availability
-    return Path(args.table) if args.table else LatencyTable.default_shared_path(backend)
+    return LatencyTable.default_shared_path(backend)
 
 
 def _lut(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from autocompress.errors import UserError
 from autocompress.evaluators import DistillConfig, distill, evaluate
 from autocompress.export import export_engine
 from autocompress.inventory import build_inventory
-from autocompress.latency_lut import DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, make_backend
+from autocompress.latency_lut import DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend
 from autocompress.report import pareto_front, write_report
 from autocompress.search import SAMPLERS, OptunaSearcher, Outcome
 from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
@@ -66,9 +66,7 @@ class SearchConfig:
             raise UserError(f"Unknown searcher {self.searcher!r}; choose one of {list(SAMPLERS)}.")
         if self.threads < 1:
             raise UserError(f"--threads must be at least 1, but got {self.threads}.")
-        from autocompress.latency_lut._factory import check_name
-
-        check_name(self.backend)
+        check_backend_name(self.backend)
 
 
 @dataclass

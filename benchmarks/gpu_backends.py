@@ -7,7 +7,7 @@ validate it on random candidates, predicted against measured end to end.
 Needs what is installed on the machine already (a CUDA build of PyTorch; onnxruntime-gpu
 for onnxruntime-cuda); installs nothing and reaches no network. For every backend it
 measures every layer configuration the task's space can reach (``--bits`` and the other
-space options narrow it), fits the whole-model calibration, then times ``--samples``
+space options narrow it; ``--bits`` defaults to 32,16), fits the whole-model calibration, then times ``--samples``
 random candidates interleaved with the original model and reports the median absolute
 error, the share within +/-10% and +/-5% and the Spearman rank correlation, for the
 latency and for the speed relative to the original. Writes JSON (profiles, tables'
@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=30, help="random candidates timed end to end per backend")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--bits", default=None, help="bit widths of the space, e.g. 32,16 (default: the task's search default)")
+    parser.add_argument("--bits", default="32,16",
+                        help="bit widths of the space (default 32,16: eager PyTorch runs int8 and 4-bit layers as float simulations)")
     parser.add_argument("--prune-ratios", default=None)
     parser.add_argument("--rank-ratios", default=None)
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default $OUT/gpu_backends.json or benchmarks/results/)")

@@ -193,3 +193,39 @@ def test_tensorrt_provider_allows_int8_only_for_explicitly_quantized_graphs(mlp,
     assert not has_qdq(Measurable.from_module(mlp, x).onnx_bytes())
     options = dict(OrtTensorrtBackend().provider_options(Measurable.from_module(int8, x).onnx_bytes())[0:1])
     assert options["TensorrtExecutionProvider"]["trt_int8_enable"] is True
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_its_cpu_path(tmp_path):
+    out = tmp_path / "gpu_backends.json"
+    task = f"{ROOT / 'tests' / 'fixtures' / 'mlp_task.py'}:build"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_backends.py"), "--backend", "torch-cpu", "--task", task, "--samples", "2",
+         "--bits", "32", "--prune-ratios", "0,0.5", "--rank-ratios", "1", "--out", str(out)],
+        capture_output=True, text=True, env={**os.environ, "AUTOCOMPRESS_CACHE": str(tmp_path / "cache")}, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    (result,) = report["results"]
+    assert result["profile"]["backend"] == "torch-cpu" and result["entries"] >= 3
+    assert len(result["absolute"]["samples"]) == 2 and len(result["relative_to_original"]["samples"]) == 2
+    assert all(s["measured_us"] > 0 and s["predicted_us"] > 0 for s in result["absolute"]["samples"])
+    assert Path(result["table"]).is_file()
+
+
+@pytest.mark.slow
+def test_search_with_the_eager_backend_keeps_trial_timings(tmp_path):
+    from autocompress.evaluators import DistillConfig
+    from autocompress.spaces import SpaceConfig
+    from autocompress.study import SearchConfig, run_search
+
+    task = f"{ROOT / 'tests' / 'fixtures' / 'mlp_task.py'}:build"
+    config = SearchConfig(task=task, latency_budget="1.5x", trials=2, run_dir=str(tmp_path / "run"), backend="torch-cpu",
+                          distill=DistillConfig(steps=4), space=SpaceConfig(bits=(32,), rank_ratios=(1.0,), prune_ratios=(0.0, 0.5)),
+                          calibration_batches=1, share_table=False)
+    result = run_search(config)
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["profile"]["backend"] == "torch-cpu" and manifest["config"]["backend"] == "torch-cpu"
+    assert result.front and all(m["engine"]["ok"] and m["speedup"] > 0 for m in result.front)
+    with pytest.raises(UserError, match="Unknown latency backend"):
+        SearchConfig(backend="tensorrt-llm")

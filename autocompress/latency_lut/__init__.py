@@ -11,7 +11,7 @@ from autocompress.latency_lut._backend import (
     cpu_description,
     profile_id,
 )
-from autocompress.latency_lut._factory import BACKENDS, DEFAULT_BACKEND, backend_missing, make_backend
+from autocompress.latency_lut._factory import BACKENDS, DEFAULT_BACKEND, backend_missing, check_backend_name, make_backend
 from autocompress.latency_lut._onnx import OPSET, feeds_for, input_names, to_onnx_bytes
 from autocompress.latency_lut._ort import OrtBackend, OrtCpuBackend, OrtCudaBackend, OrtTensorrtBackend
 from autocompress.latency_lut._table import Calibration, LatencyTable, LayerChoiceShape, effective_layers
@@ -40,6 +40,7 @@ __all__ = [
     "TorchCpuBackend",
     "TorchCudaBackend",
     "backend_missing",
+    "check_backend_name",
     "cpu_description",
     "effective_layers",
     "feeds_for",

@@ -10,7 +10,7 @@ from autocompress.latency_lut._ort import OrtCpuBackend, OrtCudaBackend, OrtTens
 from autocompress.latency_lut._tensorrt import TensorRTBackend, tensorrt_missing
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend, torch_cuda_missing
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "backend_missing", "make_backend"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "backend_missing", "check_backend_name", "make_backend"]
 
 DEFAULT_BACKEND = "onnxruntime-cpu"
 BACKENDS: dict[str, type[LatencyBackend]] = {
@@ -45,11 +45,12 @@ def torch_free_gpu_missing(device: int) -> str | None:
 
 def backend_missing(name: str, device: int = 0) -> str | None:
     """Why backend ``name`` cannot run on this machine, or None when it can."""
-    check_name(name)
+    check_backend_name(name)
     return _MISSING[name](device)
 
 
-def check_name(name: str) -> None:
+def check_backend_name(name: str) -> None:
+    """UserError for a name that is not in BACKENDS, listing those that are."""
     if name not in BACKENDS:
         raise UserError(f"Unknown latency backend {name!r}; choose one of {list(BACKENDS)}.")
 
@@ -59,7 +60,7 @@ def make_backend(name: str = DEFAULT_BACKEND, threads: int = 1, device: int = 0,
 
     Raises UserError for an unknown name (listing the valid ones) and for a backend this
     machine cannot run (saying what is missing: a GPU, a package)."""
-    check_name(name)
+    check_backend_name(name)
     if threads < 1:
         raise UserError(f"--threads must be at least 1, but got {threads}.")
     if device < 0:
