@@ -220,7 +220,7 @@ def test_search_with_the_eager_backend_keeps_trial_timings(tmp_path):
     from autocompress.study import SearchConfig, run_search
 
     task = f"{ROOT / 'tests' / 'fixtures' / 'mlp_task.py'}:build"
-    config = SearchConfig(task=task, latency_budget="1.5x", trials=2, run_dir=str(tmp_path / "run"), backend="torch-cpu",
+    config = SearchConfig(task=task, latency_budget="100ms", trials=2, run_dir=str(tmp_path / "run"), backend="torch-cpu",
                           distill=DistillConfig(steps=4), space=SpaceConfig(bits=(32,), rank_ratios=(1.0,), prune_ratios=(0.0, 0.5)),
                           calibration_batches=1, share_table=False)
     result = run_search(config)
