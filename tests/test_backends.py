@@ -88,6 +88,20 @@ def test_nvidia_smi_output_is_parsed():
         parse_nvidia_smi(text, 2)
 
 
+def test_gpu_description_from_an_older_driver(tmp_path, monkeypatch):
+    from autocompress.latency_lut._backend import gpu_description
+
+    smi = tmp_path / "nvidia-smi"  # a driver without the compute_cap field
+    smi.write_text('#!/bin/sh\ncase "$1" in *compute_cap*) echo "Field compute_cap is not a valid field" >&2; exit 2;; esac\n'
+                   'echo "0, Tesla T4, 470.82.01"\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert gpu_description(0, "11.4") == {"device_kind": "cuda", "device": "cuda:0", "gpu": "Tesla T4", "driver_version": "470.82.01",
+                                          "compute_capability": None, "cuda_version": "11.4"}
+    with pytest.raises(MeasurementError, match="index 1"):
+        gpu_description(1, "11.4")
+
+
 def test_tensorrt_profile_has_the_required_keys():
     gpu = {"device_kind": "cuda", "device": "cuda:0", **parse_nvidia_smi("0, NVIDIA L4, 550.1, 8.9", 0), "cuda_version": "12.4"}
     profile = tensorrt_profile("tensorrt", "10.3.0", gpu, ("fp32", "fp16"), 4, 1)

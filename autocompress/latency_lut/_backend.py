@@ -273,10 +273,12 @@ def gpu_description(index: int, cuda_version: str | None) -> dict:
     smi = shutil.which("nvidia-smi")
     if smi is None:
         raise MeasurementError("nvidia-smi is not on PATH: no NVIDIA driver on this machine.")
-    out = subprocess.run([smi, "--query-gpu=index,name,driver_version,compute_cap", "--format=csv,noheader"],
-                         capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        raise MeasurementError(f"nvidia-smi failed: {(out.stderr or out.stdout).strip().splitlines()[:1]}")
+    for fields in ("index,name,driver_version,compute_cap", "index,name,driver_version"):  # older drivers lack compute_cap
+        out = subprocess.run([smi, f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        if out.returncode == 0:
+            break
+    else:
+        raise MeasurementError(f"nvidia-smi failed: {(out.stderr or out.stdout).strip()[:200]!r}")
     gpu = parse_nvidia_smi(out.stdout, index)
     return {"device_kind": "cuda", "device": f"cuda:{index}", **gpu, "cuda_version": cuda_version}
 
