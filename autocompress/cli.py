@@ -31,8 +31,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _backend_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="onnxruntime-cpu",
+                   help="latency backend of the target: onnxruntime-cpu (default), onnxruntime-cuda, onnxruntime-tensorrt, "
+                        "tensorrt, torch-cpu or torch-cuda")
+
+
 def _target_and_space_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads of the target")
+    p.add_argument("--threads", type=int, default=1, help="threads of the target (ONNX Runtime intra-op, or PyTorch)")
+    _backend_option(p)
     p.add_argument("--prune-ratios", type=_floats, default=None, help="e.g. 0,0.25,0.5,0.75")
     p.add_argument("--bits", type=_ints, default=None, help="bit widths from 32,16,8,4 (default 32,8,4; 4-bit weights apply to Linear layers)")
     p.add_argument("--rank-ratios", type=_floats, default=None, help="e.g. 1,0.5,0.25")
@@ -92,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh = lsub.add_parser("show", help="the table's target, entries, calibrations and non-monotone channel counts")
     sh.add_argument("--table", default=None, help=table_help)
     sh.add_argument("--threads", type=int, default=1, help="target threads (chooses the default table)")
+    sh.add_argument("--batch-size", type=int, default=1, help="target batch size (chooses the default table)")
+    _backend_option(sh)
     v = lsub.add_parser("validate", help="predicted vs measured end-to-end latency of random candidates")
     v.add_argument("--task", default="demo")
     v.add_argument("--samples", type=int, default=20)
@@ -129,6 +138,7 @@ def _search(args: argparse.Namespace) -> int:
         run_dir=args.run_dir or f"runs/{task_name}", searcher=args.searcher, seed=args.seed, distill=distill,
         space=space, lr_given=args.lr is not None, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
         final_finetune=args.final_finetune,
+        backend=args.backend,
     )
     run_search(config, console=_console())
     return 0
@@ -143,7 +153,7 @@ def _console():
 
 def _report(args: argparse.Namespace) -> int:
     from autocompress._io import read_json
-    from autocompress.latency_lut import OrtCpuBackend, feeds_for
+    from autocompress.latency_lut import Measurable, make_backend
     from autocompress.study import finalize_run
 
     run_dir = Path(args.run_dir)
@@ -155,10 +165,11 @@ def _report(args: argparse.Namespace) -> int:
     from autocompress.task import load_task
 
     task = load_task(manifest["task_spec"])
-    from autocompress.latency_lut import to_onnx_bytes
-
-    backend = OrtCpuBackend(threads=manifest["profile"]["threads"])
-    finalize_run(run_dir, manifest["metric_name"], _console(), backend, feeds_for(task.example_inputs), to_onnx_bytes(task.model, task.example_inputs, dynamic_batch=True))
+    profile = manifest["profile"]
+    backend = make_backend(profile.get("backend", "onnxruntime-cpu"), threads=profile["threads"],
+                           batch_size=int(task.example_inputs[0].shape[0]))
+    original = Measurable.from_module(task.model, task.example_inputs, dynamic_batch=True)
+    finalize_run(run_dir, manifest["metric_name"], _console(), backend, original)
     return _serve(run_dir, args.host, args.port) if args.serve else 0
 
 
@@ -213,12 +224,16 @@ def _runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table_path(args: argparse.Namespace) -> Path:
-    from autocompress.latency_lut import LatencyTable, OrtCpuBackend
+def _table_path(args: argparse.Namespace, batch_size: int) -> Path:
+    from autocompress.latency_lut import LatencyTable, check_backend_name, make_backend
 
-    if args.threads < 1:
-        raise UserError(f"--threads must be at least 1, but got {args.threads}.")
-    return Path(args.table) if args.table else LatencyTable.default_shared_path(OrtCpuBackend(threads=args.threads))
+    if args.table:  # a given table is read whatever this machine can measure
+        check_backend_name(args.backend)
+        return Path(args.table)
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, but got {batch_size}.")
+    backend = make_backend(args.backend, threads=args.threads, batch_size=batch_size)  # checks name, threads, availability
+    return LatencyTable.default_shared_path(backend)
 
 
 def _lut(args: argparse.Namespace) -> int:
@@ -231,12 +246,13 @@ def _lut(args: argparse.Namespace) -> int:
     from autocompress.task import load_task
 
     console = _console()
-    path = _table_path(args)
     if args.lut_command == "show":
-        return _lut_show(path, console)
+        return _lut_show(_table_path(args, args.batch_size), console)
     if args.lut_command == "validate" and args.samples < 1:
         raise UserError(f"--samples must be at least 1, but got {args.samples}.")
-    bench = open_workbench(load_task(args.task), _space_config(args), args.threads, path, shared_table=False)
+    task = load_task(args.task)
+    path = _table_path(args, int(task.example_inputs[0].shape[0]))
+    bench = open_workbench(task, _space_config(args), args.threads, path, shared_table=False, backend=args.backend)
     table = bench.table
     if args.lut_command == "build":
         t0 = time.perf_counter()

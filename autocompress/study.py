@@ -31,7 +31,7 @@ from autocompress.export import (
     write_sidecar,
 )
 from autocompress.inventory import build_inventory
-from autocompress.latency_lut import LatencyTable, OrtCpuBackend, feeds_for, to_onnx_bytes
+from autocompress.latency_lut import DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend
 from autocompress.report import pareto_front, write_report
 from autocompress.search import SAMPLERS, OptunaSearcher, Outcome
 from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
@@ -59,6 +59,7 @@ class SearchConfig:
     max_proposals_per_trial: int = 50
     share_table: bool = True
     allow_other_profile: bool = False
+    backend: str = DEFAULT_BACKEND  # latency backend of the target (latency_lut.BACKENDS)
     lr_given: bool = False  # distill.lr was set by the user; otherwise the task's own rate applies
     final_finetune: int = 0  # extra distillation steps for each front member before its final export
 
@@ -71,6 +72,7 @@ class SearchConfig:
             raise UserError(f"--threads must be at least 1, but got {self.threads}.")
         if self.final_finetune < 0:
             raise UserError(f"--final-finetune must be at least 0, but got {self.final_finetune}.")
+        check_backend_name(self.backend)
 
 
 @dataclass
@@ -91,11 +93,11 @@ class Workbench:
     task: Task
     inventory: Any
     space: Any
-    backend: OrtCpuBackend
+    backend: LatencyBackend
     table: LatencyTable
     calib_batches: list
     channel_multiple: int
-    _original_onnx: bytes | None = None
+    _original: Measurable | None = None
 
     def candidate(self, policy: Policy) -> torch.nn.Module:
         return compress.apply(
@@ -105,39 +107,41 @@ class Workbench:
 
     def measure_policy(self, policy: Policy) -> float:
         """Build, export and time the candidate ``policy`` describes, end to end (us)."""
-        example = self.task.example_inputs
-        return self.backend.measure(to_onnx_bytes(self.candidate(policy), example, dynamic_batch=True), feeds_for(example)).median_us
+        item = Measurable.from_module(self.candidate(policy), self.task.example_inputs, dynamic_batch=True)
+        return self.backend.measure(item).median_us
 
     def measure_with_original(self, policy: Policy) -> tuple[float, float]:
         """The candidate and the original model timed interleaved, round by round (us, us)."""
-        example, feeds = self.task.example_inputs, feeds_for(self.task.example_inputs)
-        if self._original_onnx is None:
-            self._original_onnx = to_onnx_bytes(self.task.model, example, dynamic_batch=True)
-        candidate = to_onnx_bytes(self.candidate(policy), example, dynamic_batch=True)
-        original, measured = self.backend.measure_many([(self._original_onnx, feeds), (candidate, feeds)], rounds=5)
+        example = self.task.example_inputs
+        if self._original is None:  # its ONNX export is kept between calls
+            self._original = Measurable.from_module(self.task.model, example, dynamic_batch=True)
+        candidate = Measurable.from_module(self.candidate(policy), example, dynamic_batch=True)
+        original, measured = self.backend.measure_many([self._original, candidate], rounds=5)
         return measured.median_us, original.median_us
 
 
 def open_workbench(
     task: Task, space_config: SpaceConfig, threads: int, table_path: Path, shared_table: bool, allow_other_profile: bool = False,
-    calibration_batches: int = 4,
+    calibration_batches: int = 4, backend: str = DEFAULT_BACKEND,
 ) -> Workbench:
+    """The task's inventory, space and calibration inputs, and the latency table of the
+    target named by ``backend`` and ``threads`` at the task's batch size."""
     inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)
     try:
         space = build_space(inventory, space_config)
     except ValueError as exc:
         raise UserError(f"{exc} Widen the space (--prune-ratios, --bits, --rank-ratios).") from None
-    backend = OrtCpuBackend(threads=threads)
-    shared = LatencyTable.default_shared_path(backend) if shared_table else None
+    latency = make_backend(backend, threads=threads, batch_size=int(task.example_inputs[0].shape[0]))
+    shared = LatencyTable.default_shared_path(latency) if shared_table else None
     if shared is not None and Path(shared).resolve() == Path(table_path).resolve():
         shared = None
-    table = LatencyTable.open(table_path, backend, shared, allow_other_profile, space_config.channel_multiple)
+    table = LatencyTable.open(table_path, latency, shared, allow_other_profile, space_config.channel_multiple)
     calib: list[tuple[torch.Tensor, ...]] = []
     for inputs, _ in task.train_loader:
         calib.append(as_input_tuple(inputs))
         if len(calib) >= calibration_batches:
             break
-    return Workbench(task, inventory, space, backend, table, calib, space_config.channel_multiple)
+    return Workbench(task, inventory, space, latency, table, calib, space_config.channel_multiple)
 
 
 def _versions() -> dict:
@@ -247,7 +251,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     distill_config = task_distill_config(task, config)
     bench = open_workbench(
         task, config.space, config.threads, run_dir / "latency_table.json", config.share_table, config.allow_other_profile,
-        config.calibration_batches,
+        config.calibration_batches, config.backend,
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     inventory, space, backend, table = bench.inventory, bench.space, bench.backend, bench.table
@@ -258,9 +262,8 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
 
     # 2. Baseline and budget.
     example = task.example_inputs
-    feeds = feeds_for(example)
-    original_onnx = to_onnx_bytes(task.model, example, dynamic_batch=True)
-    baseline_ms = backend.measure(original_onnx, feeds).median_us / 1000
+    original = Measurable.from_module(task.model, example, dynamic_batch=True)
+    baseline_ms = backend.measure(original).median_us / 1000
     try:
         baseline_metric = evaluate(task.model, task.eval_loader, task.metric)
         baseline_extra = {name: evaluate(task.model, task.eval_loader, fn) for name, fn in task.extra_metrics.items()}
@@ -273,7 +276,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     budget_ms = budget.resolve(baseline_ms)
     console.print(
         f"Original model: {task.metric_name} {baseline_metric:.4f}, {baseline_ms:.3f} ms "
-        f"(ONNX Runtime CPU, {config.threads} thread(s), batch {example[0].shape[0]})"
+        f"({backend.name}, {config.threads} thread(s), batch {example[0].shape[0]})"
     )
     console.print(f"Latency budget: [bold]{budget_ms:.3f} ms[/] ({config.latency_budget})")
     check_batches = [next(iter(task.eval_loader))]
@@ -402,7 +405,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
         )
 
     # 5. The front: re-measure candidates interleaved with the baseline, keep those within budget.
-    result = finalize_run(run_dir, task.metric_name, console, backend, feeds, original_onnx, wall_s=time.perf_counter() - t_start)
+    result = finalize_run(run_dir, task.metric_name, console, backend, original, wall_s=time.perf_counter() - t_start)
     if config.final_finetune and result.front:
         for member in result.front:
             with console.status(f"Final fine-tuning of trial {member['trial']} ({config.final_finetune} steps) ..."):
@@ -410,7 +413,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
             metric = f"{final.metric:.4f}" if final.metric is not None else "-"
             console.print(f"  trial {member['trial']}: final engine {final.engine} ({task.metric_name} {metric}, "
                           f"{final.latency_ms:.3f} ms){'' if final.ok else ' [red]verification failed[/]'}")
-        result = finalize_run(run_dir, task.metric_name, console, backend, feeds, original_onnx, wall_s=time.perf_counter() - t_start)
+        result = finalize_run(run_dir, task.metric_name, console, backend, original, wall_s=time.perf_counter() - t_start)
     console.print(f"Done in {time.perf_counter() - t_start:.0f} s: {result.counts}")
     return result
 
@@ -476,13 +479,17 @@ def _write_member_sidecar(run_dir: Path, manifest: dict, member: dict) -> Path |
 
 
 def finalize_run(
-    run_dir: Path, task_metric_name: str, console: Console, backend: OrtCpuBackend, feeds: dict, teacher_bytes: bytes,
+    run_dir: Path, task_metric_name: str, console: Console, backend: LatencyBackend, original: Measurable,
     wall_s: float | None = None,
 ) -> RunResult:
     """Pick the front from the trial store, re-time it, and write pareto.json, each member's
     engine sidecar, and report.html. Members whose engine failed verification stay on the
     front only where no verified candidate dominates them, marked with the reasons; the
-    fine-tuned weights of trials off the front are deleted when large."""
+    fine-tuned weights of trials off the front are deleted when large.
+
+    Engines are re-timed from their files interleaved with ``original``; a backend that
+    runs PyTorch modules (``needs_module``) cannot load them, and its front keeps the
+    latency measured in the trial, compared with the baseline measured at the start."""
     manifest = read_json(run_dir / "run.json")
     _, trials = _load_trials(run_dir)
     budget_ms = manifest["budget_ms"]
@@ -502,12 +509,16 @@ def finalize_run(
     metric_of, latency_of = (lambda t: t["metric"]), (lambda t: t["measured_ms"])
     near = [t for t in exported if t["measured_ms"] <= budget_ms * 1.25 and _engine_file(run_dir, t).is_file()]
     candidates = pareto_front(near, metric_of, latency_of, higher)
-    if candidates:  # re-time interleaved with the original model, so drift hits all alike
-        timings = backend.measure_many([(teacher_bytes, feeds)] + [(_engine_file(run_dir, t), feeds) for t in candidates], rounds=5)
+    if candidates and not backend.needs_module:  # re-time interleaved with the original model, so drift hits all alike
+        feeds = original.feeds()
+        engines = [Measurable.from_onnx(_engine_file(run_dir, t), feeds) for t in candidates]
+        timings = backend.measure_many([original, *engines], rounds=5)
         for t, m in zip(candidates, timings[1:]):
             t["first_measured_ms"] = t["measured_ms"]
             t["measured_ms"] = m.median_us / 1000
             t["speedup_vs_original_same_round"] = timings[0].median_us / m.median_us
+    for t in candidates:
+        t.setdefault("speedup_vs_original_same_round", manifest["baseline"]["latency_ms"] / t["measured_ms"])
     within = [t for t in candidates if t["measured_ms"] <= budget_ms * BUDGET_NOISE]
     front_ids = {id(t) for t in pareto_front([t for t in within if t["verified"]], metric_of, latency_of, higher)}
     # A failed engine stays visible (marked) where no verified candidate beats it.

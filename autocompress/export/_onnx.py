@@ -13,7 +13,7 @@ from torch import nn
 
 from autocompress._io import atomic_write_bytes
 from autocompress.compress import DynamicQuantLinear, HalfPrecision, Int4Linear, QuantConv2d, QuantLinear
-from autocompress.latency_lut import LatencyBackend, OrtCpuBackend, feeds_for, to_onnx_bytes
+from autocompress.latency_lut import LatencyBackend, Measurable, OrtBackend, OrtCpuBackend, feeds_for, to_onnx_bytes
 from autocompress.task import as_input_tuple
 
 __all__ = ["INTEGER_OPS", "Engine", "export_engine", "optimized_op_counts"]
@@ -96,8 +96,11 @@ def export_engine(
     int8_layers = _int8_layer_count(model)
     problems: list[str] = []
 
-    session = backend.session(data) if hasattr(backend, "session") else None
-    ort_run = (lambda *xs: torch.from_numpy(session.run(None, feeds_for(tuple(xs)))[0])) if session else None
+    # The engine is ONNX whatever the target: check it in the target's ONNX Runtime, or in
+    # ONNX Runtime on the CPU where the target runs something else.
+    checker = backend if isinstance(backend, OrtBackend) else OrtCpuBackend(threads=1)
+    session = checker.session(data)
+    ort_run = lambda *xs: torch.from_numpy(session.run(None, feeds_for(tuple(xs)))[0])  # noqa: E731
 
     # Parity on held-out inputs.
     inputs_list = [as_input_tuple(b[0]) for b in (check_batches or [])] or [example_inputs]
@@ -106,7 +109,7 @@ def export_engine(
         for inputs in inputs_list:
             ref = model(*inputs)
             ref = ref[0] if isinstance(ref, (tuple, list)) else ref
-            got = ort_run(*inputs) if ort_run else ref
+            got = ort_run(*inputs)
             max_abs = max(max_abs, float((got - ref).abs().max()))
             ref_max = max(ref_max, float(ref.abs().max()))
             cosines.append(torch.nn.functional.cosine_similarity(got.flatten(1).double(), ref.flatten(1).double(), dim=1))
@@ -125,15 +128,15 @@ def export_engine(
         problems.append(f"outputs point away from PyTorch's (mean cosine {output_cosine:.4f} < {MIN_OUTPUT_COSINE})")
 
     counts: dict = {}
-    if isinstance(backend, OrtCpuBackend):
-        ops = optimized_op_counts(data, backend)
+    if isinstance(checker, OrtCpuBackend):
+        ops = optimized_op_counts(data, checker)
         counts = {k: v for k, v in ops.items() if k in INTEGER_OPS}
         if int8_layers and sum(counts.values()) < int8_layers:
             problems.append(f"only {sum(counts.values())} of {int8_layers} int8 layers run as integer kernels")
 
-    timing = backend.measure(data, feeds_for(example_inputs))
+    timing = backend.measure(Measurable(tuple(example_inputs), module=model, onnx=data, dynamic_batch=True))
     runtime_metric, runtime_extra = None, {}
-    if metric is not None and eval_loader is not None and ort_run is not None:
+    if metric is not None and eval_loader is not None:
         outs, targets = [], []
         for inputs, target in eval_loader:
             outs.append(ort_run(*as_input_tuple(inputs)))

@@ -2,25 +2,51 @@
 
 from __future__ import annotations
 
-from autocompress.latency_lut._backend import LatencyBackend, Measurement, OrtCpuBackend, cpu_description, profile_id
+from autocompress.latency_lut._backend import (
+    LatencyBackend,
+    Measurable,
+    Measurement,
+    MeasurementError,
+    Timing,
+    cpu_description,
+    profile_id,
+)
+from autocompress.latency_lut._factory import BACKENDS, DEFAULT_BACKEND, backend_missing, check_backend_name, make_backend
 from autocompress.latency_lut._onnx import OPSET, feeds_for, input_names, to_onnx_bytes
+from autocompress.latency_lut._ort import OrtBackend, OrtCpuBackend, OrtCudaBackend, OrtTensorrtBackend
 from autocompress.latency_lut._table import Calibration, LatencyTable, LayerChoiceShape, effective_layers
+from autocompress.latency_lut._tensorrt import TensorRTBackend
+from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
 from autocompress.latency_lut._validate import FidelityReport, fidelity, validate
 
 __all__ = [
+    "BACKENDS",
+    "DEFAULT_BACKEND",
     "OPSET",
     "Calibration",
     "FidelityReport",
     "LatencyBackend",
     "LatencyTable",
     "LayerChoiceShape",
+    "Measurable",
     "Measurement",
+    "MeasurementError",
+    "OrtBackend",
     "OrtCpuBackend",
+    "OrtCudaBackend",
+    "OrtTensorrtBackend",
+    "TensorRTBackend",
+    "Timing",
+    "TorchCpuBackend",
+    "TorchCudaBackend",
+    "backend_missing",
+    "check_backend_name",
     "cpu_description",
     "effective_layers",
     "feeds_for",
     "fidelity",
     "input_names",
+    "make_backend",
     "profile_id",
     "to_onnx_bytes",
     "validate",

@@ -29,8 +29,7 @@ from torch import nn
 from autocompress._io import atomic_write_json, cache_dir
 from autocompress.errors import UserError
 from autocompress.inventory import Elementwise, Layer, LayerInventory, is_depthwise
-from autocompress.latency_lut._backend import LatencyBackend, Measurement, profile_id
-from autocompress.latency_lut._onnx import feeds_for, to_onnx_bytes
+from autocompress.latency_lut._backend import LatencyBackend, Measurable, Measurement, profile_id
 from autocompress.spaces import Policy, SearchSpace, kept_for
 
 __all__ = ["Calibration", "ElementwiseChoiceShape", "LatencyTable", "LayerChoiceShape", "effective_elementwise", "effective_layers"]
@@ -305,7 +304,7 @@ class LatencyTable:
             model, inputs = _micro_elementwise(choice)
         else:
             model, inputs = _micro_model(choice, self.channel_multiple)
-        return self.backend.measure(to_onnx_bytes(model, inputs), feeds_for(inputs))
+        return self.backend.measure(Measurable.from_module(model, inputs))
 
     def reference_us(self, refresh: bool = False) -> float:
         """The reference graph's latency now (re-timed when older than a few seconds).
