@@ -63,18 +63,22 @@ def check_measurement(m: Measurement, min_runs: int) -> None:
 def small_model() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """One 3x3 conv, 3 -> 8 channels on 8x8: about 14 thousand multiply-adds."""
     gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval(), (torch.randn(1, 3, 8, 8, generator=gen),)
+    with torch.random.fork_rng(devices=[]):  # seeded weights, the caller's generator untouched
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()).eval()
+    return model, (torch.randn(1, 3, 8, 8, generator=gen),)
 
 
 def big_model() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """Six 3x3 convs of 32 channels on 32x32: about 57 million multiply-adds."""
     gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, padding=1), nn.ReLU()]
-    for _ in range(5):
-        layers += [nn.Conv2d(32, 32, 3, padding=1), nn.ReLU()]
-    return nn.Sequential(*layers).eval(), (torch.randn(1, 3, 32, 32, generator=gen),)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, padding=1), nn.ReLU()]
+        for _ in range(5):
+            layers += [nn.Conv2d(32, 32, 3, padding=1), nn.ReLU()]
+        model = nn.Sequential(*layers).eval()
+    return model, (torch.randn(1, 3, 32, 32, generator=gen),)
 
 
 class BackendConformance:
