@@ -25,7 +25,7 @@ from autocompress import compress
 from autocompress._io import atomic_write_json, read_json
 from autocompress.budget import parse_budget
 from autocompress.errors import UserError
-from autocompress.evaluators import DistillConfig, distill, evaluate
+from autocompress.evaluators import DistillConfig, ProgressHook, distill, evaluate
 from autocompress.export import export_engine
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import LatencyTable, OrtCpuBackend, feeds_for, to_onnx_bytes
@@ -203,15 +203,16 @@ def task_distill_config(task: Task, config: SearchConfig) -> DistillConfig:
 
 def train_and_export(
     bench: Workbench, policy: Policy, trial_id: int, distill_config: DistillConfig, engines_dir: Path, check_batches: list,
-    seed: int,
+    seed: int, progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
     """One trial's expensive part: build the candidate, distill it from the original,
-    evaluate it, export and verify its engine. Returns the facts to record; raises on failure."""
+    evaluate it, export and verify its engine. Returns the facts to record; raises on failure.
+    ``progress`` sees the student during distillation (a scheduler's intermediate results)."""
     task = bench.task
     torch.manual_seed(seed * 100003 + trial_id)
     t0 = time.perf_counter()
     student = bench.candidate(policy)
-    losses = distill(student, task.model, task.train_loader, distill_config)
+    losses = distill(student, task.model, task.train_loader, distill_config, progress)
     t_ft = time.perf_counter() - t0
     metric = evaluate(student, task.eval_loader, task.metric)
     engine = export_engine(
