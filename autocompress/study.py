@@ -31,6 +31,7 @@ from autocompress.inventory import build_inventory
 from autocompress.latency_lut import LatencyTable, OrtCpuBackend, feeds_for, to_onnx_bytes
 from autocompress.report import pareto_front, write_report
 from autocompress.search import SAMPLERS, OptunaSearcher, Outcome
+from autocompress.search._ray import RayConfig
 from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
 from autocompress.task import Task, as_input_tuple, load_task
 
@@ -57,6 +58,7 @@ class SearchConfig:
     share_table: bool = True
     allow_other_profile: bool = False
     lr_given: bool = False  # distill.lr was set by the user; otherwise the task's own rate applies
+    ray: RayConfig | None = None  # run the trials as Ray Tune trials on a Ray cluster
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -227,9 +229,17 @@ def train_and_export(
     }
 
 
-def run_search(config: SearchConfig, console: Console | None = None, task: Task | None = None) -> RunResult:
+def run_search(
+    config: SearchConfig, console: Console | None = None, task: Task | None = None, ray_callbacks: tuple = (),
+) -> RunResult:
+    """Run (or resume) the search ``config`` describes; ``ray_callbacks`` are extra Ray Tune
+    callbacks of a search on Ray."""
     console = console or Console(stderr=False)
     budget = parse_budget(config.latency_budget)
+    if config.ray is not None:
+        from autocompress.search._ray import check_reachable
+
+        check_reachable(config.ray)  # before minutes of measuring
     run_dir = Path(config.run_dir)
     t_start = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -337,7 +347,39 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     failures: list[str] = []
     with progress:
         bar = progress.add_task("search", total=config.trials, completed=n_done, best="-", rejected=0)
-        while n_done < config.trials and proposals < max_proposals:
+        if config.ray is not None:  # the same trials as Ray Tune trials; this process records them all
+            from autocompress.search._ray import WorkerSpec, resolve_task_spec, run_ray_trials
+
+            def show(trial_id: int, predicted_ms: float, attrs: dict) -> None:
+                nonlocal best
+                metric, measured_ms = attrs["metric"], attrs["engine"]["latency_us"] / 1000
+                if measured_ms <= budget_ms * BUDGET_NOISE and (best is None or sign * metric > best):
+                    best = sign * metric
+                progress.update(bar, advance=1, best=f"{sign * best:.4f}" if best is not None else "-")
+                console.print(
+                    f"  trial {trial_id:>3}: {task.metric_name} {metric:.4f}  predicted {predicted_ms:.3f} ms  measured "
+                    f"{measured_ms:.3f} ms  ({attrs['summary']}, {attrs['trial_s']:.0f} s, node {attrs.get('ray_node', '?')[:8]})"
+                )
+
+            spec = WorkerSpec(resolve_task_spec(config.task), task.fingerprint, config.space, config.threads,
+                              config.calibration_batches, distill_config, config.seed)
+            sweep = run_ray_trials(
+                config.ray, searcher, lambda p: table.predict_us(inventory, p) / 1000, budget_ms, spec, run_dir,
+                target=config.trials, completed=n_done, max_proposals=max_proposals,
+                max_failures_before_success=MAX_FAILURES_BEFORE_SUCCESS, seen=seen, on_completed=show,
+                on_measured=lambda p, us: table.add_measurement(inventory, p, us), higher_is_better=task.higher_is_better,
+                callbacks=ray_callbacks,
+            )
+            n_done, proposals, failures = sweep.completed, sweep.proposals, sweep.failures
+            progress.update(bar, rejected=sweep.rejected)
+            if n_done == 0 and len(failures) >= MAX_FAILURES_BEFORE_SUCCESS:
+                table.save()
+                common, count = Counter(failures).most_common(1)[0]
+                raise UserError(
+                    f"The first {len(failures)} candidates all failed ({count}x {common}); the search stopped. "
+                    f"Each failure is kept with its reason in {run_dir / 'study.db'}; fix the cause and re-run to resume."
+                )
+        while config.ray is None and n_done < config.trials and proposals < max_proposals:
             proposals += 1
             trial_id, policy = searcher.ask()  # type: ignore[misc]
             t_trial = time.perf_counter()
@@ -427,9 +469,11 @@ def finalize_run(
     counts = {
         "completed": sum(1 for t in trials if t.get("status") == "completed" and "duplicate_of" not in t),
         "infeasible": sum(1 for t in trials if t.get("status") == "infeasible"),
-        "failed": sum(1 for t in trials if t.get("status") == "failed"),
+        "failed": sum(1 for t in trials if t.get("status") == "failed" and not t.get("stopped_early")),
         "duplicates": sum(1 for t in trials if "duplicate_of" in t),
     }
+    if any(t.get("stopped_early") for t in trials):  # a Ray scheduler stopped weak fine-tunes
+        counts["stopped_early"] = sum(1 for t in trials if t.get("stopped_early"))
     candidates = pareto_front(
         [t for t in done if t["measured_ms"] <= budget_ms * 1.25], lambda t: t["metric"], lambda t: t["measured_ms"], higher
     )
