@@ -73,7 +73,6 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 def _import_ray():
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns on token auth otherwise
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # results carry engine bytes: no JSON/CSV logs
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a trial's first result has no metric yet
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the search shows its own progress
@@ -88,15 +87,29 @@ def _import_ray():
 def check_reachable(config: RayConfig) -> None:
     """Fail fast, before any measuring: Ray must be installed, and a HOST:PORT must answer
     (Ray itself retries an address where nothing listens for about a minute)."""
-    _import_ray()
-    if config.address in ("local", "auto"):
+    ray = _import_ray()
+    if config.address == "local" or ray.is_initialized():
         return
-    host, port = _host_port(config.address)
+    address = config.address
+    if address == "auto":  # the address `ray start` left on this machine (or RAY_ADDRESS)
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            found = canonicalize_bootstrap_address("auto")
+        except ImportError:  # Ray moved its helper: ray.init will say it
+            return
+        except ConnectionError:
+            found = None
+        if not found:
+            raise UserError("No Ray cluster runs on this machine for --ray-address auto; start one with "
+                            "`ray start --head`, give HOST:PORT of a head node, or use --ray-address local.")
+        address = found
+    host, port = _host_port(address)
     try:
         socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
         raise UserError(
-            f"No Ray head node answers at {config.address} ({exc.strerror or exc}); start one with `ray start --head` "
+            f"No Ray head node answers at {address} ({exc.strerror or exc}); start one with `ray start --head` "
             "and give its address, or use --ray-address local."
         ) from None
 
@@ -108,7 +121,8 @@ def connect(address: str) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False, "configure_logging": True}
-    if address == "local":
+    if address == "local":  # Ray 2.60 would turn on token auth for a new local cluster; a cluster's own setting stands
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(**kwargs)
         return True
     check_reachable(RayConfig(address=address))
