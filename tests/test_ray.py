@@ -19,7 +19,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # before any Ray process sta
 from autocompress.errors import UserError  # noqa: E402
 from autocompress.evaluators import DistillConfig  # noqa: E402
 from autocompress.search._ray import STEP, RayConfig  # noqa: E402
-from autocompress.spaces import SpaceConfig  # noqa: E402
+from autocompress.spaces import Policy, SpaceConfig  # noqa: E402
 from autocompress.study import SearchConfig, run_search  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +141,58 @@ def test_ray_options_are_checked():
     assert main(["search", "--task", MLP, "--latency-budget", "10ms", "--workers", "2"]) == 2  # needs --ray-address
 
 
+def test_driver_launches_only_feasible_proposals_and_records_each_trial_once(tmp_path, mlp_inventory):
+    """The driver's bookkeeping, fed the results a worker sends: over-budget proposals are
+    told infeasible and never launched; a trial is recorded once whatever Tune repeats."""
+    import json
+
+    from autocompress.search import OptunaSearcher
+    from autocompress.search._ray import INTERMEDIATE, RaySweep, _TrialBook
+    from autocompress.spaces import build_space
+
+    space = build_space(mlp_inventory, SpaceConfig(prune_ratios=(0.0, 0.5), bits=(32, 8), rank_ratios=(1.0,)))
+    searcher = OptunaSearcher.create(space, optuna.storages.InMemoryStorage(), "autocompress", "random", 0, True)
+    layers = list(mlp_inventory.layers)
+    predict = lambda p: sum(0.5 if p.bits_of(n) == 8 else 1.0 for n in layers)  # noqa: E731  within 1 ms: all int8
+    shown, sweep = [], RaySweep(completed=0)
+    book = _TrialBook(searcher, predict, 1.0, tmp_path, 2, sweep, 200, 5, {}, lambda i, ms, a: shown.append(i),
+                      lambda p, us: None)
+
+    def worker_result(config: dict, metric: float) -> dict:
+        attrs = {"trial": config["trial"], "metric": metric, "summary": "int8",
+                 "engine": {"latency_us": 900.0, "path": "/on/the/worker/trial.onnx", "ok": True}}
+        return {"attrs": json.dumps(attrs), "engine_bytes": b"engine " + str(config["trial"]).encode(), "node_id": "n1"}
+
+    launched = {tid: book.suggest(tid, finished="FINISHED") for tid in ("a", "b")}
+    assert all(predict(Policy.from_dict(c["policy"])) <= 1.0 for c in launched.values())
+    assert book.suggest("c", finished="FINISHED") is None  # two in flight are enough for two trials
+    book.complete("a", None, error=True)  # retries exhausted: failed, and one more may launch
+    book.complete("b", worker_result(launched["b"], 0.9), error=False)
+    book.complete("b", worker_result(launched["b"], 0.9), error=False)  # told twice: recorded once
+    launched["c"] = book.suggest("c", finished="FINISHED")
+    book.complete("c", {STEP: 10, INTERMEDIATE: 0.2, "node_id": "n1"}, error=False)  # stopped by the scheduler
+    launched["d"] = book.suggest("d", finished="FINISHED")
+    book.complete("d", worker_result(launched["d"], 0.8), error=False)
+    assert book.suggest("e", finished="FINISHED") == "FINISHED"
+
+    assert sweep.completed == 2 and sweep.stopped_early == 1 and len(sweep.failures) == 1 and sweep.rejected > 0
+    assert shown == [launched["b"]["trial"], launched["d"]["trial"]]
+    trials = {t.number: t for t in searcher.study.get_trials()}
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials.values())
+    numbers = {c["trial"] for c in launched.values()}
+    for number, t in trials.items():
+        if number not in numbers:  # never launched: over budget, or a repeat of a completed policy
+            over = t.user_attrs["status"] == "infeasible" and t.user_attrs["predicted_ms"] > 1.0
+            assert over or t.user_attrs["duplicate_of"] in numbers
+    assert trials[launched["a"]["trial"]].user_attrs["reason"].startswith("lost on Ray after 0 retries")
+    assert trials[launched["c"]["trial"]].user_attrs["stopped_early"] is True
+    for key in ("b", "d"):
+        t = trials[launched[key]["trial"]]
+        assert t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["ray_node"] == "n1"
+        assert Path(t.user_attrs["engine"]["path"]).read_bytes() == b"engine " + str(t.number).encode()
+    assert len(list((tmp_path / "engines").glob("*.onnx"))) == 2
+
+
 @pytest.mark.slow
 def test_cli_local_sweep_with_early_stopping_then_resume(tmp_path):
     """`--ray-address local` starts Ray in the process; weak fine-tunes may be stopped early,
@@ -164,3 +216,21 @@ def test_cli_local_sweep_with_early_stopping_then_resume(tmp_path):
             assert t.state == optuna.trial.TrialState.FAIL and "engine" not in t.user_attrs
             assert t.user_attrs[STEP] < 40
     assert len(list((run_dir / "engines").glob("trial-*.onnx"))) == 5
+
+
+@pytest.mark.slow
+def test_errors_inside_trials_are_recorded_not_retried(tmp_path, cluster):
+    """A candidate that fails on the worker fails for good (Ray retries lost nodes only), and
+    a sweep whose first candidates all fail stops with the reason, as a local one does."""
+    config = SearchConfig(
+        task=f"{ROOT / 'tests' / 'fixtures' / 'bad_tasks.py'}:metric_raises", latency_budget="10ms", trials=2,
+        run_dir=str(tmp_path / "run"), distill=DistillConfig(steps=8), calibration_batches=1,
+        space=SpaceConfig(prune_ratios=(0.0, 0.5), rank_ratios=(1.0,), bits=(32, 8)),
+        ray=RayConfig(address="auto", workers=1, max_failures=2),
+    )
+    with pytest.raises(UserError, match=r"The first 5 candidates all failed \(5x ZeroDivisionError"):
+        run_search(config)
+    failed = [t for t in _trials(tmp_path / "run") if t.user_attrs.get("status") == "failed"]
+    assert len(failed) == 5
+    assert all(t.user_attrs["ray_retries"] == 0 and len(t.user_attrs["ray_nodes"]) == 1 for t in failed)
+    assert all("the user's metric divided by zero" in t.user_attrs["reason"] for t in failed)
