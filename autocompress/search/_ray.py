@@ -76,6 +76,7 @@ def _import_ray():
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # results carry engine bytes: no JSON/CSV logs
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")  # a trial's first result has no metric yet
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the search shows its own progress
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C interrupts as in a local run (re-run resumes)
     try:
         import ray
         from ray import tune  # noqa: F401
@@ -363,6 +364,8 @@ class _TrialBook:
             reason = f"lost on Ray after {attrs['ray_retries']} retries: {self.errors.get(tune_trial_id, 'worker or node died')}"
         elif "failed" in result:
             reason = result["failed"]
+        elif INTERMEDIATE not in result:
+            reason = "stopped by Ray before a result"
         else:  # the scheduler stopped a weak fine-tune: no engine, and it does not count as a failure to fix
             attrs.update({"stopped_early": True, STEP: result.get(STEP), INTERMEDIATE: result.get(INTERMEDIATE)})
             reason = f"stopped early by the scheduler at step {result.get(STEP)} ({INTERMEDIATE} {result.get(INTERMEDIATE)})"
