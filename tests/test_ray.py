@@ -76,7 +76,8 @@ def test_sweep_spans_two_nodes_and_survives_losing_one(tmp_path, cluster):
     killer = RemoveNodeAtItsSecondTrial(cluster, worker)
     run_dir = tmp_path / "run"
     trials = 5
-    result = run_search(_config(run_dir, trials, RayConfig(address="auto", workers=2, max_failures=2)),
+    # Fine-tunes long enough (a second or two) that the node dies before its trial can finish.
+    result = run_search(_config(run_dir, trials, RayConfig(address="auto", workers=2, max_failures=2), steps=1000),
                         ray_callbacks=(killer,))
 
     assert killer.removed_during is not None, "the worker node never started a second trial"
