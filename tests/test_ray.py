@@ -51,6 +51,11 @@ def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="autocompress", storage=f"sqlite:///{run_dir / 'study.db'}").get_trials()
 
 
+def _fine_tuned(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials, less repeats of a policy already fine-tuned (recorded, not run)."""
+    return [t for t in trials if t.user_attrs.get("status") == "completed" and "duplicate_of" not in t.user_attrs]
+
+
 class RemoveNodeAtItsSecondTrial(tune.Callback):
     """Kills ``node`` (no graceful exit) as its second trial starts, so that one trial has
     completed there and one is lost in flight."""
@@ -82,7 +87,7 @@ def test_sweep_spans_two_nodes_and_survives_losing_one(tmp_path, cluster):
 
     assert killer.removed_during is not None, "the worker node never started a second trial"
     recorded = _trials(run_dir)
-    completed = [t for t in recorded if t.user_attrs.get("status") == "completed"]
+    completed = _fine_tuned(recorded)
     assert len(completed) == trials == result.counts["completed"]
     assert not [t for t in recorded if t.user_attrs.get("status") == "failed"]
     # Every proposal is one trial in the store, told once (no trial is left running or doubled).
@@ -205,12 +210,12 @@ def test_cli_local_sweep_with_early_stopping_then_resume(tmp_path):
     env = {**os.environ, "AUTOCOMPRESS_CACHE": str(tmp_path / "cache")}
     first = subprocess.run([*base, "--trials", "3"], capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 0, first.stderr[-2000:]
-    done = [t for t in _trials(run_dir) if t.user_attrs.get("status") == "completed"]
+    done = _fine_tuned(_trials(run_dir))
     assert len(done) == 3
     second = subprocess.run([*base, "--trials", "5"], capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     recorded = _trials(run_dir)
-    completed = [t for t in recorded if t.user_attrs.get("status") == "completed"]
+    completed = _fine_tuned(recorded)
     assert {t.number for t in done} <= {t.number for t in completed} and len(completed) == 5
     for t in recorded:
         if t.user_attrs.get("stopped_early"):  # stopped by the scheduler: partly fine-tuned, no engine
