@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-other-profile", action="store_true", help="reuse a latency table measured on another target")
     s.add_argument("--final-finetune", type=int, default=0, metavar="STEPS",
                    help="distill each front member STEPS more steps and export it again to engines/final/")
+    s.add_argument("--ray-address", default=None,
+                   help="run trials as Ray Tune trials: local (start Ray here), auto (this machine's cluster) or HOST:PORT")
+    s.add_argument("--workers", type=int, default=None, help="with --ray-address: trials fine-tuned at once (default 1)")
+    s.add_argument("--ray-max-failures", type=int, default=2, help="with --ray-address: restarts of a trial whose node died")
+    s.add_argument("--early-stop", action="store_true",
+                   help="with --ray-address: stop weak fine-tunes early (successive halving on the metric at each quarter)")
 
     r = sub.add_parser("report", help="rebuild a run's pareto.json and report.html from its trial store")
     r.add_argument("run_dir")
@@ -133,12 +139,21 @@ def _search(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(f"Invalid option: {exc}") from None
     task_name = args.task if ":" not in args.task else Path(args.task.split(":")[0]).stem
+    ray = None
+    if args.ray_address is not None:
+        from autocompress.search._ray import RayConfig
+
+        ray = RayConfig(address=args.ray_address, workers=args.workers or 1, max_failures=args.ray_max_failures,
+                        early_stop=args.early_stop)
+    elif args.workers is not None or args.early_stop:
+        raise UserError("--workers and --early-stop apply to Ray sweeps; add --ray-address local|auto|HOST:PORT.")
     config = SearchConfig(
         task=args.task, latency_budget=args.latency_budget, trials=args.trials,
         run_dir=args.run_dir or f"runs/{task_name}", searcher=args.searcher, seed=args.seed, distill=distill,
         space=space, lr_given=args.lr is not None, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
         final_finetune=args.final_finetune,
         backend=args.backend,
+        ray=ray,
     )
     run_search(config, console=_console())
     return 0

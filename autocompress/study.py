@@ -25,7 +25,7 @@ from autocompress import compress
 from autocompress._io import atomic_write_json, read_json
 from autocompress.budget import parse_budget
 from autocompress.errors import UserError
-from autocompress.evaluators import DistillConfig, distill, evaluate
+from autocompress.evaluators import DistillConfig, ProgressHook, distill, evaluate
 from autocompress.export import (
     candidate_path, export_engine, export_trial, file_sha256, prune_candidates, read_sidecar, save_candidate, sidecar_path,
     write_sidecar,
@@ -34,6 +34,7 @@ from autocompress.inventory import build_inventory
 from autocompress.latency_lut import DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend
 from autocompress.report import pareto_front, write_report
 from autocompress.search import SAMPLERS, OptunaSearcher, Outcome
+from autocompress.search._ray import RayConfig
 from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
 from autocompress.task import Task, as_input_tuple, load_task
 
@@ -62,6 +63,7 @@ class SearchConfig:
     backend: str = DEFAULT_BACKEND  # latency backend of the target (latency_lut.BACKENDS)
     lr_given: bool = False  # distill.lr was set by the user; otherwise the task's own rate applies
     final_finetune: int = 0  # extra distillation steps for each front member before its final export
+    ray: RayConfig | None = None  # run the trials as Ray Tune trials on a Ray cluster
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -213,15 +215,16 @@ def task_distill_config(task: Task, config: SearchConfig) -> DistillConfig:
 
 def train_and_export(
     bench: Workbench, policy: Policy, trial_id: int, distill_config: DistillConfig, engines_dir: Path, check_batches: list,
-    seed: int,
+    seed: int, progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
     """One trial's expensive part: build the candidate, distill it from the original,
-    evaluate it, export and verify its engine. Returns the facts to record; raises on failure."""
+    evaluate it, export and verify its engine. Returns the facts to record; raises on failure.
+    ``progress`` sees the student during distillation (a scheduler's intermediate results)."""
     task = bench.task
     torch.manual_seed(seed * 100003 + trial_id)
     t0 = time.perf_counter()
     student = bench.candidate(policy)
-    losses = distill(student, task.model, task.train_loader, distill_config)
+    losses = distill(student, task.model, task.train_loader, distill_config, progress)
     t_ft = time.perf_counter() - t0
     metric = evaluate(student, task.eval_loader, task.metric)
     checkpoint = save_candidate(student, candidate_path(engines_dir.parent, trial_id), trial_id, policy.to_dict())
@@ -238,9 +241,17 @@ def train_and_export(
     }
 
 
-def run_search(config: SearchConfig, console: Console | None = None, task: Task | None = None) -> RunResult:
+def run_search(
+    config: SearchConfig, console: Console | None = None, task: Task | None = None, ray_callbacks: tuple = (),
+) -> RunResult:
+    """Run (or resume) the search ``config`` describes; ``ray_callbacks`` are extra Ray Tune
+    callbacks of a search on Ray."""
     console = console or Console(stderr=False)
     budget = parse_budget(config.latency_budget)
+    if config.ray is not None:
+        from autocompress.search._ray import check_reachable
+
+        check_reachable(config.ray)  # before minutes of measuring
     run_dir = Path(config.run_dir)
     t_start = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -348,7 +359,39 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     failures: list[str] = []
     with progress:
         bar = progress.add_task("search", total=config.trials, completed=n_done, best="-", rejected=0)
-        while n_done < config.trials and proposals < max_proposals:
+        if config.ray is not None:  # the same trials as Ray Tune trials; this process records them all
+            from autocompress.search._ray import WorkerSpec, resolve_task_spec, run_ray_trials
+
+            def show(trial_id: int, predicted_ms: float, attrs: dict) -> None:
+                nonlocal best
+                metric, measured_ms = attrs["metric"], attrs["engine"]["latency_us"] / 1000
+                if measured_ms <= budget_ms * BUDGET_NOISE and (best is None or sign * metric > best):
+                    best = sign * metric
+                progress.update(bar, advance=1, best=f"{sign * best:.4f}" if best is not None else "-")
+                console.print(
+                    f"  trial {trial_id:>3}: {task.metric_name} {metric:.4f}  predicted {predicted_ms:.3f} ms  measured "
+                    f"{measured_ms:.3f} ms  ({attrs['summary']}, {attrs['trial_s']:.0f} s, node {attrs.get('ray_node', '?')[:8]})"
+                )
+
+            spec = WorkerSpec(resolve_task_spec(config.task), task.fingerprint, config.space, config.threads,
+                              config.calibration_batches, distill_config, config.seed)
+            sweep = run_ray_trials(
+                config.ray, searcher, lambda p: table.predict_us(inventory, p) / 1000, budget_ms, spec, run_dir,
+                target=config.trials, completed=n_done, max_proposals=max_proposals,
+                max_failures_before_success=MAX_FAILURES_BEFORE_SUCCESS, seen=seen, on_completed=show,
+                on_measured=lambda p, us: table.add_measurement(inventory, p, us), higher_is_better=task.higher_is_better,
+                callbacks=ray_callbacks,
+            )
+            n_done, proposals, failures = sweep.completed, sweep.proposals, sweep.failures
+            progress.update(bar, rejected=sweep.rejected)
+            if n_done == 0 and len(failures) >= MAX_FAILURES_BEFORE_SUCCESS:
+                table.save()
+                common, count = Counter(failures).most_common(1)[0]
+                raise UserError(
+                    f"The first {len(failures)} candidates all failed ({count}x {common}); the search stopped. "
+                    f"Each failure is kept with its reason in {run_dir / 'study.db'}; fix the cause and re-run to resume."
+                )
+        while config.ray is None and n_done < config.trials and proposals < max_proposals:
             proposals += 1
             trial_id, policy = searcher.ask()  # type: ignore[misc]
             t_trial = time.perf_counter()
@@ -502,10 +545,12 @@ def finalize_run(
     counts = {
         "completed": sum(1 for t in trials if t.get("status") == "completed" and "duplicate_of" not in t),
         "infeasible": sum(1 for t in trials if t.get("status") == "infeasible"),
-        "failed": sum(1 for t in trials if t.get("status") == "failed"),
+        "failed": sum(1 for t in trials if t.get("status") == "failed" and not t.get("stopped_early")),
         "duplicates": sum(1 for t in trials if "duplicate_of" in t),
         "failed_verification": len(exported) - len(done),
     }
+    if any(t.get("stopped_early") for t in trials):  # a Ray scheduler stopped weak fine-tunes
+        counts["stopped_early"] = sum(1 for t in trials if t.get("stopped_early"))
     metric_of, latency_of = (lambda t: t["metric"]), (lambda t: t["measured_ms"])
     near = [t for t in exported if t["measured_ms"] <= budget_ms * 1.25 and _engine_file(run_dir, t).is_file()]
     candidates = pareto_front(near, metric_of, latency_of, higher)

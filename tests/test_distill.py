@@ -130,3 +130,24 @@ def test_feature_distillation_rejects_unknown_layers():
         distill(copy.deepcopy(teacher), teacher, [(torch.randn(8, 4), torch.zeros(8))], DistillConfig(steps=1, feature_weight=1.0))
     with pytest.raises(ValueError):
         DistillConfig(feature_weight=-1.0)
+
+
+def test_progress_hook_sees_the_student_midway_in_eval_mode():
+    from autocompress.evaluators import ProgressHook
+
+    x, y = _data()
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    student = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    loader = DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def look(step, model):
+        assert model is student and not model.training
+        seen.append((step, evaluate(model, loader, accuracy)))
+
+    losses = distill(student, teacher, loader, DistillConfig(steps=10), ProgressHook(every=3, callback=look))
+    assert [s for s, _ in seen] == [3, 6, 9]  # every 3 steps, never after the last one
+    assert len(losses) == 10 and not student.training
+    with pytest.raises(ValueError, match="every"):
+        ProgressHook(every=0, callback=look)

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from autocompress.task import DISTILL_LOSSES, DISTILL_OPTIMIZERS, as_input_tuple
 
-__all__ = ["DistillConfig", "DivergedError", "distill", "output_loss"]
+__all__ = ["DistillConfig", "DivergedError", "ProgressHook", "distill", "output_loss"]
 
 # oneDNN 3.12 in torch 2.13.0+cpu can crash ("double free or corruption") in the backward
 # of strided 1x1 convs on channels_last tensors (which grayscale images become) for some
@@ -59,6 +59,20 @@ class DistillConfig:
             raise ValueError(f"`feature_weight` must be >= 0, but got {self.feature_weight!r}.")
         if self.optimizer not in DISTILL_OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {list(DISTILL_OPTIMIZERS)}, but got {self.optimizer!r}.")
+
+
+@dataclass(frozen=True)
+class ProgressHook:
+    """Called as ``callback(step, student)`` after every ``every`` fine-tuning steps (not
+    after the last one), with the student in eval mode; training resumes afterwards. A
+    scheduler uses it to evaluate a candidate midway and stop a weak one early (by raising)."""
+
+    every: int
+    callback: Callable[[int, nn.Module], None]
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"`every` must be >= 1, but got {self.every!r}.")
 
 
 def _trim(inputs: tuple[torch.Tensor, ...], targets: object) -> tuple[tuple[torch.Tensor, ...], object] | None:
@@ -148,11 +162,12 @@ def distill(
     teacher: nn.Module,
     loader: Iterable,
     config: DistillConfig = DistillConfig(),
+    progress: ProgressHook | None = None,
 ) -> list[float]:
     """Fine-tune ``student`` in place toward ``teacher``'s logits; return the loss per step.
 
     The loader is cycled until ``config.steps`` steps are done. Raises :class:`DivergedError`
-    when the loss becomes non-finite.
+    when the loss becomes non-finite. ``progress`` sees the student midway (see :class:`ProgressHook`).
     """
     losses: list[float] = []
     if config.steps == 0:
@@ -168,7 +183,7 @@ def distill(
     batches = _forever(loader)
     taps = _FeatureTaps(student, teacher, config.feature_layers) if config.feature_weight > 0 else None
     try:
-        _steps(student, teacher, config, opt, sched, batches, taps, losses)
+        _steps(student, teacher, config, opt, sched, batches, taps, losses, progress)
     finally:
         if taps is not None:
             taps.close()
@@ -176,7 +191,7 @@ def distill(
     return losses
 
 
-def _steps(student, teacher, config, opt, sched, batches, taps, losses) -> None:
+def _steps(student, teacher, config, opt, sched, batches, taps, losses, progress=None) -> None:
     T = config.temperature
     while len(losses) < config.steps:
         inputs, targets = next(batches)
@@ -203,3 +218,7 @@ def _steps(student, teacher, config, opt, sched, batches, taps, losses) -> None:
         opt.step()
         sched.step()
         losses.append(value)
+        if progress is not None and len(losses) % progress.every == 0 and len(losses) < config.steps:
+            student.eval()
+            progress.callback(len(losses), student)
+            student.train()
