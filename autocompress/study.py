@@ -11,7 +11,7 @@ import platform
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from rich.table import Table
 
 from autocompress import compress
 from autocompress._io import atomic_write_json, read_json
+from autocompress._phases import enter_phase
 from autocompress.budget import parse_budget
 from autocompress.errors import UserError
 from autocompress.evaluators import DistillConfig, distill, evaluate
@@ -65,6 +66,15 @@ class SearchConfig:
             raise UserError(f"Unknown searcher {self.searcher!r}; choose one of {list(SAMPLERS)}.")
         if self.threads < 1:
             raise UserError(f"--threads must be at least 1, but got {self.threads}.")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchConfig":
+        """The config a run recorded in its run.json (``asdict`` of this class), rebuilt."""
+        known = {f.name for f in fields(cls)}
+        plain = {k: v for k, v in data.items() if k in known and k not in ("distill", "space")}
+        distill = {k: tuple(v) if isinstance(v, list) else v for k, v in data.get("distill", {}).items()}
+        space = {k: tuple(v) if isinstance(v, list) else v for k, v in data.get("space", {}).items()}
+        return cls(**plain, distill=DistillConfig(**distill), space=SpaceConfig(**space))
 
 
 @dataclass
@@ -211,9 +221,11 @@ def train_and_export(
     torch.manual_seed(seed * 100003 + trial_id)
     t0 = time.perf_counter()
     student = bench.candidate(policy)
+    enter_phase("finetune", f"trial {trial_id}")
     losses = distill(student, task.model, task.train_loader, distill_config)
     t_ft = time.perf_counter() - t0
     metric = evaluate(student, task.eval_loader, task.metric)
+    enter_phase("export", f"trial {trial_id}")
     engine = export_engine(
         student, task.example_inputs, engines_dir / f"trial-{trial_id:04d}.onnx", bench.backend, check_batches,
         task.metric, task.eval_loader, task.extra_metrics,
@@ -272,6 +284,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
 
     # 3. Latency table: measured on the target, calibrated on whole models.
     t0 = time.perf_counter()
+    enter_phase("table")
     with console.status("Measuring the latency table on the target ..."):
         if not table.is_calibrated(inventory):
             table.calibrate(inventory, space, bench.measure_policy, seed=config.seed)
@@ -308,6 +321,7 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     atomic_write_json(run_dir / "run.json", manifest)
 
     # 4. The search loop.
+    enter_phase("search")
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     searcher = OptunaSearcher.create(space, storage, "autocompress", config.searcher, config.seed, task.higher_is_better)
     interrupted = searcher.abandon_running()
@@ -393,8 +407,10 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
         )
 
     # 5. The front: re-measure candidates interleaved with the baseline, keep those within budget.
+    enter_phase("front")
     result = finalize_run(run_dir, task.metric_name, console, backend, feeds, original_onnx, wall_s=time.perf_counter() - t_start)
     console.print(f"Done in {time.perf_counter() - t_start:.0f} s: {result.counts}")
+    enter_phase("done")
     return result
 
 
