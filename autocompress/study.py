@@ -324,12 +324,12 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     enter_phase("search")
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     searcher = OptunaSearcher.create(space, storage, "autocompress", config.searcher, config.seed, task.higher_is_better)
-    interrupted = searcher.abandon_running()
+    interrupted = searcher.abandon_running(retry=True)
     if not searcher.study.get_trials(deepcopy=False):
         for policy in seed_policies(space):  # the uniform baselines every method is compared with
             searcher.enqueue(policy)
     if interrupted:
-        console.print(f"Marked {interrupted} interrupted trial(s) of the previous process as failed.")
+        console.print(f"Marked {interrupted} interrupted trial(s) of the previous process as failed; their candidates are proposed again.")
     completed = [t for t in searcher.study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "completed"]
     seen: dict[str, dict] = {t.user_attrs["digest"]: t.user_attrs for t in completed}
     if completed:

@@ -1,0 +1,168 @@
+"""A search survives SIGKILL at any moment and isolated trial failures, and loses nothing.
+
+Kill tests run a real search of a tiny task in a subprocess. The search appends each phase
+it enters to ``AUTOCOMPRESS_PHASE_LOG``; ``AUTOCOMPRESS_PHASE_PAUSE`` holds it inside a
+phase, so the kill lands there deterministically. The search is then resumed and checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MLP = f"{ROOT / 'tests' / 'fixtures' / 'mlp_task.py'}:build"
+TRIALS = 3
+TABLE_LINE = re.compile(r"Latency table: (\d+) entries \((\d+) measured now")
+
+
+def _command(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "autocompress", "search", "--task", MLP, "--latency-budget", "10ms",
+            "--trials", str(TRIALS), "--distill-steps", "20", "--seed", "3", "--run-dir", str(run_dir)]
+
+
+def _env(tmp: Path, pause: str = "") -> dict:
+    return {**os.environ, "AUTOCOMPRESS_CACHE": str(tmp / "cache"), "AUTOCOMPRESS_PHASE_LOG": str(tmp / "phases.log"),
+            "AUTOCOMPRESS_PHASE_PAUSE": pause}
+
+
+def _phases(tmp: Path) -> list[str]:
+    log = tmp / "phases.log"
+    return log.read_text().splitlines() if log.is_file() else []
+
+
+def _kill(proc: subprocess.Popen, tmp: Path, ready, settle_s: float = 0.0, timeout: float = 300.0) -> list[str]:
+    """SIGKILL ``proc`` once ``ready(phases)`` holds (then ``settle_s`` later); return the
+    phase log as it stood at the kill."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready(_phases(tmp)):
+            time.sleep(settle_s)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return _phases(tmp)
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"the search ended or hung before the kill point; phases: {_phases(tmp)}")
+
+
+def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
+    if not (run_dir / "study.db").is_file():
+        return []
+    return optuna.load_study(study_name="autocompress", storage=f"sqlite:///{run_dir / 'study.db'}").get_trials()
+
+
+def _table_entries(run_dir: Path) -> int | None:
+    path = run_dir / "latency_table.json"
+    return len(json.loads(path.read_text())["entries"]) if path.is_file() else None
+
+
+def _resume(run_dir: Path, tmp: Path, how: str) -> subprocess.CompletedProcess:
+    command = _command(run_dir) if how == "same command" else [sys.executable, "-m", "autocompress", "search", "--resume", str(run_dir)]
+    rerun = subprocess.run(command, env=_env(tmp), cwd=tmp, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    return rerun
+
+
+def _killed_trial(phases: list[str]) -> int | None:
+    """The trial being fine-tuned or exported when the search was killed, if any."""
+    last = phases[-1] if phases else ""
+    return int(last.split()[-1]) if last.startswith(("finetune", "export")) else None
+
+
+def assert_nothing_lost(run_dir: Path, before: set[int], entries_before: int | None, rerun: subprocess.CompletedProcess,
+                        killed_trial: int | None) -> None:
+    trials = _trials(run_dir)
+    completed = [t for t in trials if t.user_attrs.get("status") == "completed" and "duplicate_of" not in t.user_attrs]
+    assert len(completed) == TRIALS  # the final count equals the request
+    assert before <= {t.number for t in completed}  # every trial completed before the kill is kept
+    digests = [t.user_attrs["digest"] for t in completed]
+    assert len(set(digests)) == len(digests)  # and none was fine-tuned twice
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    for t in trials:
+        if t.state == optuna.trial.TrialState.FAIL:
+            assert t.user_attrs.get("reason") == "interrupted" and t.user_attrs.get("status") == "failed"
+    if killed_trial is not None:  # the interrupted trial is marked, and its candidate tried again
+        killed = next(t for t in trials if t.number == killed_trial)
+        assert killed.state == optuna.trial.TrialState.FAIL and killed.user_attrs["reason"] == "interrupted"
+        assert [t for t in completed if t.params == killed.params and t.user_attrs.get("retry_of") == killed_trial]
+    for t in completed:  # every kept engine is whole: its bytes are those recorded
+        engine = Path(t.user_attrs["engine"]["path"])
+        assert hashlib.sha256(engine.read_bytes()).hexdigest() == t.user_attrs["engine"]["sha256"]
+    entries, measured_now = map(int, TABLE_LINE.search(rerun.stdout).groups())
+    if entries_before is not None:  # the table saved before the kill is reused, not measured again
+        assert (entries, measured_now) == (entries_before, 0)
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    assert pareto["counts"]["completed"] == TRIALS
+    assert (run_dir / "report.html").is_file()
+
+
+def _kill_and_resume(tmp: Path, ready, how: str, pause: str = "", settle_s: float = 0.0) -> list[str]:
+    run_dir = tmp / "run"
+    proc = subprocess.Popen(_command(run_dir), env=_env(tmp, pause), cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    phases = _kill(proc, tmp, ready, settle_s)
+    before = {t.number for t in _trials(run_dir) if t.user_attrs.get("status") == "completed"}
+    entries_before = _table_entries(run_dir)
+    (tmp / "phases.log").unlink()
+    rerun = _resume(run_dir, tmp, how)
+    assert_nothing_lost(run_dir, before, entries_before, rerun, _killed_trial(phases))
+    return phases
+
+
+def test_kill_during_engine_export_then_resume(tmp_path):
+    phases = _kill_and_resume(tmp_path, lambda p: "export trial 1" in p, "--resume", pause="export:30")
+    assert phases[-1] == "export trial 1" and "export trial 0" in phases  # one trial done, one mid-export
+
+
+@pytest.mark.slow
+def test_kill_during_latency_table_building_then_rerun(tmp_path):
+    # The table phase measures for seconds; the kill lands a second into it, before any save.
+    phases = _kill_and_resume(tmp_path, lambda p: p[-1:] == ["table"], "same command", settle_s=1.0)
+    assert phases[-1] == "table"
+    assert not (tmp_path / "run" / "study.db").exists()
+
+
+@pytest.mark.slow
+def test_kill_during_fine_tune_then_resume(tmp_path):
+    phases = _kill_and_resume(tmp_path, lambda p: "finetune trial 1" in p, "--resume", pause="finetune:30")
+    assert phases[-1] == "finetune trial 1"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kill_at_a_seeded_random_moment_then_resume(tmp_path, seed):
+    delay = random.Random(seed).uniform(0.0, 25.0)  # a plain search of this task takes about 25 s here
+    started = time.monotonic()
+    _kill_and_resume(tmp_path, lambda p: time.monotonic() - started >= delay, "same command")
+
+
+def test_interrupted_trial_whose_outcome_was_recorded_is_told_not_lost(tmp_path, mlp_inventory):
+    """A kill between recording a trial's outcome and telling Optuna keeps the trial."""
+    from autocompress.search import OptunaSearcher
+    from autocompress.spaces import SpaceConfig, build_space
+
+    space = build_space(mlp_inventory, SpaceConfig())
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = OptunaSearcher.create(space, storage, "autocompress", "random", 0, True)
+    done_id, _ = first.ask()
+    first.record(done_id, {"metric": 0.9, "measured_ms": 1.5, "status": "completed"})  # the process dies before tell
+    lost_id, _ = first.ask()  # this one dies mid fine-tune
+
+    second = OptunaSearcher.create(space, storage, "autocompress", "random", 0, True)
+    assert second.abandon_running(retry=True) == 1
+    trials = {t.number: t for t in second.study.get_trials()}
+    assert trials[done_id].state == optuna.trial.TrialState.COMPLETE and trials[done_id].values == [0.9, 1.5]
+    assert trials[lost_id].state == optuna.trial.TrialState.FAIL and trials[lost_id].user_attrs["reason"] == "interrupted"
+    retry_id, _ = second.ask()
+    assert second.study.trials[retry_id].params == trials[lost_id].params
