@@ -11,7 +11,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "cache_dir", "read_json", "weights_digest"]
+__all__ = [
+    "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "cache_dir", "load_cached_state_dict",
+    "read_json", "weights_digest",
+]
 
 
 def cache_dir() -> Path:
@@ -51,6 +54,19 @@ def atomic_torch_save(obj: Any, path: Path | str) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def load_cached_state_dict(path: Path | str) -> dict | None:
+    """A state dict saved with :func:`atomic_torch_save`, or ``None`` when the file is missing
+    or unreadable (truncated or half-written by an older process): a cache entry that does not
+    load whole is never trusted, only rebuilt. Loads tensors only (``weights_only=True``)."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception:  # torch raises several types for a damaged archive; all mean "rebuild it"
+        return None
+    return state if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()) else None
 
 
 def read_json(path: Path | str) -> Any:

@@ -323,7 +323,15 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
     # 4. The search loop.
     enter_phase("search")
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    searcher = OptunaSearcher.create(space, storage, "autocompress", config.searcher, config.seed, task.higher_is_better)
+    try:
+        searcher = OptunaSearcher.create(space, storage, "autocompress", config.searcher, config.seed, task.higher_is_better)
+    except Exception as exc:  # SQLAlchemy's DatabaseError and kin: the file is not a whole SQLite database
+        if not (run_dir / "study.db").is_file():
+            raise
+        raise UserError(
+            f"The trial store {str(run_dir / 'study.db')!r} is unreadable or corrupted ({type(exc).__name__}); "
+            "move it away to search again in this folder, or use a new --run-dir."
+        ) from None
     interrupted = searcher.abandon_running(retry=True)
     if not searcher.study.get_trials(deepcopy=False):
         for policy in seed_policies(space):  # the uniform baselines every method is compared with

@@ -140,3 +140,18 @@ def test_copying_a_run_elsewhere_and_resuming_it_there_is_allowed(recorded_run, 
     shutil.copytree(recorded_run, moved)
     args = cli.build_parser().parse_args(["search", "--resume", str(moved)])
     assert cli._resumed_config(args).run_dir == str(moved)
+
+
+def test_corrupted_trial_store_is_refused(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from autocompress.study import SearchConfig
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    config = SearchConfig(task=PLAIN, latency_budget="10ms", trials=1, run_dir=str(run_dir))
+    (run_dir / "run.json").write_text(json.dumps({"task": "exported-plainly", "task_fingerprint": "exported-plainly-v1",
+                                                  "config": asdict(config)}))
+    (run_dir / "study.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 300)  # a header, then garbage
+    line = error_line(capsys, search(run_dir, PLAIN, "--trials", "1", "--distill-steps", "1"))
+    assert "study.db' is unreadable or corrupted" in line and "new --run-dir" in line

@@ -114,7 +114,7 @@ def _kill_and_resume(tmp: Path, ready, how: str, pause: str = "", settle_s: floa
     phases = _kill(proc, tmp, ready, settle_s)
     before = {t.number for t in _trials(run_dir) if t.user_attrs.get("status") == "completed"}
     entries_before = _table_entries(run_dir)
-    (tmp / "phases.log").unlink()
+    (tmp / "phases.log").unlink(missing_ok=True)  # a kill at start-up leaves none
     rerun = _resume(run_dir, tmp, how)
     assert_nothing_lost(run_dir, before, entries_before, rerun, _killed_trial(phases))
     return phases
@@ -238,3 +238,70 @@ def test_a_policy_the_exporter_cannot_handle_fails_that_trial_only(tmp_path, mea
     trials = _search_with_one_fault(tmp_path, measured_table, "exported_plainly")
     failed = [t for t in trials if t.user_attrs.get("status") == "failed"]
     assert len(failed) == 1 and failed[0].user_attrs["reason"].startswith("OnnxExporterError: Unsupported")
+
+
+# -- half-written files are never trusted ---------------------------------------------------
+_KILLED_BEFORE_RENAME = """
+import os, signal, sys
+from autocompress import _io
+os.replace = lambda src, dst: os.kill(os.getpid(), signal.SIGKILL)  # the process dies between write and rename
+_io.atomic_write_bytes(sys.argv[1], sys.argv[2].encode())
+"""
+
+
+def test_a_writer_killed_between_write_and_rename_leaves_the_old_file_whole(tmp_path):
+    target = tmp_path / "latency_table.json"
+    target.write_text('{"old": true}')
+    proc = subprocess.run([sys.executable, "-c", _KILLED_BEFORE_RENAME, str(target), '{"new": tr'], timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads(target.read_text()) == {"old": True}  # readers see the old file, whole
+    leftovers = [p.name for p in tmp_path.iterdir() if p != target]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".latency_table.json.") and leftovers[0].endswith(".tmp")
+
+
+def test_a_truncated_shared_latency_table_is_refused_not_trusted(tmp_path):
+    from autocompress.errors import UserError
+    from autocompress.latency_lut import LatencyTable, OrtCpuBackend
+
+    backend = OrtCpuBackend()
+    shared = tmp_path / "shared.json"
+    whole = json.dumps({"schema": 1, "profile": backend.profile(), "entries": {"k": {"median_us": 1.0}}})
+    shared.write_text(whole[:-20])  # cut short by a writer of an older version
+    with pytest.raises(UserError, match="shared.json' is unreadable or corrupted"):
+        LatencyTable.open(tmp_path / "run" / "latency_table.json", backend, shared)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "not a state dict"])
+def test_a_damaged_cached_state_dict_is_not_loaded(tmp_path, damage):
+    import torch
+
+    from autocompress._io import atomic_torch_save, load_cached_state_dict
+
+    path = tmp_path / "teacher.pt"
+    atomic_torch_save(torch.nn.Linear(64, 32).state_dict(), path)
+    assert set(load_cached_state_dict(path)) == {"weight", "bias"}
+    whole = path.read_bytes()
+    if damage == "not a state dict":
+        atomic_torch_save([1, 2, 3], path)
+    else:
+        path.write_bytes(whole[: len(whole) // 2] if damage == "truncated" else b"")
+    assert load_cached_state_dict(path) is None
+    assert load_cached_state_dict(tmp_path / "missing.pt") is None
+
+
+@pytest.mark.slow
+def test_a_truncated_teacher_in_the_cache_is_trained_again_not_trusted(tmp_path, monkeypatch):
+    import torch
+
+    from autocompress._io import load_cached_state_dict
+    from autocompress.tasks.demo import build_demo_task
+
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path))
+    first = build_demo_task(width=8, epochs=1)
+    (path,) = (tmp_path / "teachers").glob("*.pt")
+    path.write_bytes(path.read_bytes()[:1000])  # cut short by a writer of an older version
+    again = build_demo_task(width=8, epochs=1)  # trains again (seeded) instead of loading the damaged file
+    assert again.fingerprint == first.fingerprint
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert load_cached_state_dict(path) is not None  # and the cache holds a whole copy again
