@@ -305,3 +305,16 @@ def test_a_truncated_teacher_in_the_cache_is_trained_again_not_trusted(tmp_path,
     for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
         assert torch.equal(a, b)
     assert load_cached_state_dict(path) is not None  # and the cache holds a whole copy again
+
+
+def test_atomic_writes_leave_no_temporary_file_and_honour_the_umask(tmp_path):
+    from autocompress._io import atomic_write_json, read_json
+
+    target = tmp_path / "pareto.json"
+    atomic_write_json(target, {"members": []})
+    atomic_write_json(target, {"members": [1]})
+    assert read_json(target) == {"members": [1]}
+    assert [p.name for p in tmp_path.iterdir()] == ["pareto.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
