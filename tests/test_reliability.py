@@ -318,3 +318,21 @@ def test_atomic_writes_leave_no_temporary_file_and_honour_the_umask(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_table_being_built_is_checkpointed_so_a_crash_keeps_the_measured_entries(tmp_path, mlp_inventory):
+    from autocompress.latency_lut import LatencyTable, OrtCpuBackend
+    from autocompress.latency_lut._table import effective_layers
+    from autocompress.spaces import Policy
+
+    backend = OrtCpuBackend()
+    path = tmp_path / "latency_table.json"
+    table = LatencyTable.open(path, backend, channel_multiple=8)
+    table.checkpoint_s = 0.0  # save after every entry
+    choices = effective_layers(mlp_inventory, Policy(), 8)
+    table.entry_us(choices[0])
+    table.entry_us(choices[1])  # a crash here: no save() was called by the caller
+    reopened = LatencyTable.open(path, backend, channel_multiple=8)
+    assert {choices[0].key, choices[1].key} <= set(reopened.entries)
+    reopened.entry_us(choices[0])
+    assert reopened.measured_now == 0  # what was measured before the crash is not measured again
