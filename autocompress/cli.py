@@ -106,6 +106,12 @@ _RECORDED_OPTIONS = {
 }
 
 
+def _task_key(spec: str) -> str:
+    """A task spec with its file path made absolute, so two spellings of one file agree."""
+    where, _, func = spec.rpartition(":")
+    return f"{Path(where).resolve()}:{func}" if where.endswith(".py") else spec
+
+
 def _resumed_config(args: argparse.Namespace):
     """The config recorded in ``args.resume``'s run.json; options given beside --resume must
     agree with it (only --trials may differ: it sets how many trials the run ends with)."""
@@ -136,6 +142,8 @@ def _resumed_config(args: argparse.Namespace):
             value = not value
         if isinstance(value, list):
             value = tuple(value)
+        if dest == "task" and isinstance(value, str) and _task_key(given) == _task_key(value):
+            continue
         if given != value:
             option = "--" + dest.replace("_", "-")
             raise UserError(

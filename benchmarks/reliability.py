@@ -65,12 +65,14 @@ def _interrupted(run_dir: Path) -> list[int]:
 
 def one_kill(folder: Path, moment_s: float, trials: int, resume_flag: bool) -> dict:
     run_dir = folder / "run"
-    proc = subprocess.Popen(_command(run_dir, trials), env=_env(folder), cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(moment_s)
-    finished_first = proc.poll() is not None
-    if not finished_first:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    with open(folder / "first.err", "wb") as err:
+        proc = subprocess.Popen(_command(run_dir, trials), env=_env(folder), cwd=folder, stdout=subprocess.DEVNULL, stderr=err)
+        time.sleep(moment_s)
+        finished_first = proc.poll() is not None
+        if not finished_first:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first_error = (folder / "first.err").read_text(errors="replace").strip().splitlines()[-1:] if finished_first and proc.returncode else []
     log = folder / "phases.log"
     phases = log.read_text().splitlines() if log.is_file() else []
     phase = phases[-1] if phases else "start-up"
@@ -87,7 +89,8 @@ def one_kill(folder: Path, moment_s: float, trials: int, resume_flag: bool) -> d
     killed_trial = int(phase.split()[-1]) if phase.startswith(("finetune", "export")) else None
     return {
         "kill_s": round(moment_s, 2),
-        "phase_hit": "(finished)" if finished_first else phase,
+        "phase_hit": f"(ended by itself, exit {proc.returncode})" if finished_first else phase,
+        "first_error": first_error[0] if first_error else None,
         "resumed_with": how,
         "rerun_exit": rerun.returncode,
         "trials_before": len(before),

@@ -155,3 +155,9 @@ def test_corrupted_trial_store_is_refused(tmp_path, capsys):
     (run_dir / "study.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 300)  # a header, then garbage
     line = error_line(capsys, search(run_dir, PLAIN, "--trials", "1", "--distill-steps", "1"))
     assert "study.db' is unreadable or corrupted" in line and "new --run-dir" in line
+
+
+def test_resume_accepts_the_same_task_file_spelled_another_way(recorded_run, monkeypatch):
+    monkeypatch.chdir(ROOT / "tests")
+    args = cli.build_parser().parse_args(["search", "--resume", str(recorded_run), "--task", "fixtures/faulty_tasks.py:exported_plainly"])
+    assert cli._resumed_config(args).task == PLAIN
