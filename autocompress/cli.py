@@ -131,6 +131,10 @@ def _resumed_config(args: argparse.Namespace):
     if args.run_dir is not None and Path(args.run_dir).resolve() != run_dir.resolve():
         raise UserError(f"--run-dir {args.run_dir!r} conflicts with --resume {str(run_dir)!r}; give only --resume.")
     defaults = vars(build_parser().parse_args(["search"]))
+    unchecked = sorted(d for d in defaults if d not in _RECORDED_OPTIONS and d not in ("command", "resume", "run_dir", "trials")
+                       and getattr(args, d) != defaults[d])
+    if unchecked:
+        raise UserError(f"--{unchecked[0].replace('_', '-')} cannot be combined with --resume; drop it to resume as recorded.")
     for dest, where in _RECORDED_OPTIONS.items():
         given = getattr(args, dest)
         if given == defaults[dest]:

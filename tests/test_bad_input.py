@@ -161,3 +161,10 @@ def test_resume_accepts_the_same_task_file_spelled_another_way(recorded_run, mon
     monkeypatch.chdir(ROOT / "tests")
     args = cli.build_parser().parse_args(["search", "--resume", str(recorded_run), "--task", "fixtures/faulty_tasks.py:exported_plainly"])
     assert cli._resumed_config(args).task == PLAIN
+
+
+def test_resume_refuses_an_option_it_cannot_check_against_the_record(recorded_run, capsys, monkeypatch):
+    # An option added to `search` without a place in the recorded config is refused, never ignored.
+    monkeypatch.setattr(cli, "_RECORDED_OPTIONS", {k: v for k, v in cli._RECORDED_OPTIONS.items() if k != "importance"})
+    line = error_line(capsys, ["search", "--resume", str(recorded_run), "--importance", "l2"])
+    assert "--importance cannot be combined with --resume" in line
