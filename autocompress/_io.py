@@ -11,7 +11,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "cache_dir", "read_json", "weights_digest"]
+__all__ = [
+    "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "cache_dir", "load_cached_state_dict",
+    "read_json", "weights_digest",
+]
 
 
 def cache_dir() -> Path:
@@ -20,8 +23,15 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "autocompress"
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temporary file in the same folder, fsync, then rename over ``path`` (and
+    fsync the folder, so the rename survives a power cut). A reader sees the old file or
+    the new one, never a part; a writer killed before the rename leaves only its
+    ``.NAME.*.tmp``, which nothing reads."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,12 +39,23 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 would hide shared tables and engines
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a folder; the rename itself is done
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -51,6 +72,19 @@ def atomic_torch_save(obj: Any, path: Path | str) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def load_cached_state_dict(path: Path | str) -> dict | None:
+    """A state dict saved with :func:`atomic_torch_save`, or ``None`` when the file is missing
+    or unreadable (truncated or half-written by an older process): a cache entry that does not
+    load whole is never trusted, only rebuilt. Loads tensors only (``weights_only=True``)."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception:  # torch raises several types for a damaged archive; all mean "rebuild it"
+        return None
+    return state if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()) else None
 
 
 def read_json(path: Path | str) -> Any:

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("search", help="search pruning, bit widths and ranks under a latency budget")
     s.add_argument("--task", default="demo", help="built-in task name (demo), path/to/file.py:build or package.module:build")
-    s.add_argument("--latency-budget", required=True, help="absolute (2.5ms, 800us) or a fraction of the original latency (0.5x)")
+    s.add_argument("--latency-budget", default=None, help="absolute (2.5ms, 800us) or a fraction of the original latency (0.5x); required unless --resume")
     s.add_argument("--trials", type=int, default=20, help="candidates to fine-tune (proposals over budget do not count)")
     s.add_argument("--run-dir", default=None, help="output folder (default runs/<task>); re-running resumes it")
     s.add_argument("--searcher", default="tpe", help="tpe (default), nsga2 or random")
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-max-failures", type=int, default=2, help="with --ray-address: restarts of a trial whose node died")
     s.add_argument("--early-stop", action="store_true",
                    help="with --ray-address: stop weak fine-tunes early (successive halving on the metric at each quarter)")
+    s.add_argument("--resume", metavar="RUN", default=None,
+                   help="continue the search in run directory RUN with the settings of its run.json (--trials may raise the count)")
 
     r = sub.add_parser("report", help="rebuild a run's pareto.json and report.html from its trial store")
     r.add_argument("run_dir")
@@ -128,10 +130,79 @@ def _space_config(args: argparse.Namespace):
         raise UserError(f"Invalid option: {exc}") from None
 
 
+# Search options and where each lives in a run's recorded config (run.json "config").
+_RECORDED_OPTIONS = {
+    "task": ("task",), "latency_budget": ("latency_budget",), "searcher": ("searcher",), "seed": ("seed",),
+    "distill_steps": ("distill", "steps"), "temperature": ("distill", "temperature"), "lr": ("distill", "lr"),
+    "feature_weight": ("distill", "feature_weight"), "threads": ("threads",), "prune_ratios": ("space", "prune_ratios"),
+    "bits": ("space", "bits"), "rank_ratios": ("space", "rank_ratios"), "importance": ("space", "importance"),
+    "no_shared_table": ("share_table",), "allow_other_profile": ("allow_other_profile",), "backend": ("backend",),
+    "final_finetune": ("final_finetune",), "ray_address": ("ray", "address"), "workers": ("ray", "workers"),
+    "ray_max_failures": ("ray", "max_failures"), "early_stop": ("ray", "early_stop"),
+}
+
+
+def _task_key(spec: str) -> str:
+    """A task spec with its file path made absolute, so two spellings of one file agree."""
+    where, _, func = spec.rpartition(":")
+    return f"{Path(where).resolve()}:{func}" if where.endswith(".py") else spec
+
+
+def _resumed_config(args: argparse.Namespace):
+    """The config recorded in ``args.resume``'s run.json; options given beside --resume must
+    agree with it (only --trials may differ: it sets how many trials the run ends with)."""
+    from dataclasses import replace
+
+    from autocompress._io import read_json
+    from autocompress.study import SearchConfig
+
+    run_dir = Path(args.resume)
+    if not (run_dir / "run.json").is_file() or not (run_dir / "study.db").is_file():
+        raise UserError(f"--resume {str(run_dir)!r} is not a run directory (no run.json and study.db); give the --run-dir of a search.")
+    try:
+        recorded = read_json(run_dir / "run.json")["config"]
+        config = SearchConfig.from_dict(recorded)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{str(run_dir / 'run.json')!r} is unreadable ({type(exc).__name__}); start a new search with --run-dir.") from None
+    if args.run_dir is not None and Path(args.run_dir).resolve() != run_dir.resolve():
+        raise UserError(f"--run-dir {args.run_dir!r} conflicts with --resume {str(run_dir)!r}; give only --resume.")
+    defaults = vars(build_parser().parse_args(["search"]))
+    unchecked = sorted(d for d in defaults if d not in _RECORDED_OPTIONS and d not in ("command", "resume", "run_dir", "trials")
+                       and getattr(args, d) != defaults[d])
+    if unchecked:
+        raise UserError(f"--{unchecked[0].replace('_', '-')} cannot be combined with --resume; drop it to resume as recorded.")
+    for dest, where in _RECORDED_OPTIONS.items():
+        given = getattr(args, dest)
+        if given == defaults[dest]:
+            continue
+        value = recorded
+        for key in where:
+            value = value.get(key) if isinstance(value, dict) else None
+        if dest == "no_shared_table":
+            value = not value
+        if isinstance(value, list):
+            value = tuple(value)
+        if dest == "task" and isinstance(value, str) and _task_key(given) == _task_key(value):
+            continue
+        if given != value:
+            option = "--" + dest.replace("_", "-")
+            raise UserError(
+                f"{option} {given!r} conflicts with the run's recorded {value!r} ({run_dir / 'run.json'}); "
+                f"drop {option} to resume as recorded, or start a new search with another --run-dir."
+            )
+    trials = args.trials if args.trials != defaults["trials"] else config.trials
+    return replace(config, run_dir=str(run_dir), trials=trials)
+
+
 def _search(args: argparse.Namespace) -> int:
     from autocompress.evaluators import DistillConfig
     from autocompress.study import SearchConfig, run_search
 
+    if args.resume is not None:
+        run_search(_resumed_config(args), console=_console())
+        return 0
+    if args.latency_budget is None:
+        raise UserError("the following arguments are required: --latency-budget (or --resume RUN to continue a run).")
     space = _space_config(args)
     try:
         distill = DistillConfig(steps=args.distill_steps, temperature=args.temperature, lr=args.lr if args.lr is not None else 0.01,

@@ -111,20 +111,50 @@ class _Tracer(torch.fx.Tracer):
         return isinstance(m, self.leaf_types) or super().is_leaf_module(m, module_qualified_name)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _failing_module(model: nn.Module, exc: BaseException) -> str:
+    """Where in the user's code tracing failed: the innermost forward of a submodule of
+    ``model`` on the traceback, as "layer 'name' (Class, file.py:line: `source`)"."""
+    import linecache
+    import os
+
+    names = {id(m): n for n, m in model.named_modules()}
+    torch_dir = os.path.dirname(torch.__file__)
+    found = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        owner = frame.f_locals.get("self")
+        if id(owner) in names and not frame.f_code.co_filename.startswith(torch_dir):
+            source = linecache.getline(frame.f_code.co_filename, tb.tb_lineno).strip()
+            name = names[id(owner)] or "(the model itself)"
+            found = (f"layer {name!r} ({type(owner).__name__}, {os.path.basename(frame.f_code.co_filename)}:{tb.tb_lineno}"
+                     + (f": `{source}`" if source else "") + ")")
+        tb = tb.tb_next
+    return found
+
+
 def trace(model: nn.Module, leaf_types: tuple[type, ...] = ()) -> torch.fx.GraphModule:
     """Symbolically trace ``model`` (``leaf_types`` are kept as single calls), or raise a
-    UserError that names what failed."""
+    UserError that names the layer and source line that failed, and why."""
     try:
         tracer = _Tracer(leaf_types)
         graph = tracer.trace(model)
         name = model.__class__.__name__ if isinstance(model, nn.Module) else model.__name__
         return torch.fx.GraphModule(tracer.root, graph, name)
     except Exception as exc:  # fx raises many types; all mean "not traceable"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = _failing_module(model, exc) if isinstance(model, nn.Module) else ""
+        control_flow = "control flow" in str(exc) or "iterate" in str(exc)
+        why = ("its forward branches or loops on tensor values (data-dependent Python control flow), which a symbolic "
+               "trace cannot follow; compute both branches and select with torch.where, or move the condition out of forward"
+               if control_flow else "rewrite that forward with plain tensor operations")
         raise UserError(
-            f"The model cannot be traced by torch.fx ({type(exc).__name__}: {first}); "
-            "make forward free of data-dependent Python control flow, or list the offending "
-            "submodule in Task.ignored_layers."
+            f"The model cannot be traced by torch.fx{' at ' + where if where else ''} "
+            f"({type(exc).__name__}: {_first_line(exc)}): {why}."
         ) from None
 
 
@@ -211,6 +241,47 @@ def _pair(v: int | Sequence[int]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+def _propagate_shapes(gm: torch.fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> None:
+    """Record every node's output shape, or raise a UserError naming the layer that
+    rejects the example inputs, the shape it expects and the shape it got."""
+    import contextlib
+    import io
+
+    try:
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints a traceback
+            ShapeProp(gm).propagate(*example_inputs)
+        return
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        shapes = [tuple(t.shape) for t in example_inputs]
+        failing = next((n for n in gm.graph.nodes if n.op.startswith("call") and "tensor_meta" not in n.meta), None)
+    where = ""
+    if failing is not None:
+        inputs = [a for a in failing.args if isinstance(a, torch.fx.Node)]
+        got = None
+        if inputs:
+            first = inputs[0]
+            meta = first.meta.get("tensor_meta")
+            if meta is not None and hasattr(meta, "shape"):
+                got = tuple(meta.shape)
+            elif first.op == "placeholder":
+                placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+                got = shapes[placeholders.index(first)] if placeholders.index(first) < len(shapes) else None
+        module = gm.get_submodule(failing.target) if failing.op == "call_module" else None
+        if isinstance(module, nn.Linear):
+            expects = f"expects inputs whose last dimension is {module.in_features}"
+        elif isinstance(module, nn.Conv2d):
+            expects = f"expects inputs of shape (N, {module.in_channels}, H, W)"
+        else:
+            expects = ""
+        label = f"layer {failing.target!r} ({type(module).__name__})" if module is not None else f"operation {failing.name!r}"
+        where = f" at {label}" + (f", which {expects}" if expects else "") + (f" and got {got}" if got is not None else "")
+    raise UserError(
+        f"The model fails on its example inputs of shape {shapes}{where} ({type(cause).__name__}: {_first_line(cause)}); "
+        "give example_inputs the shape one deployment call uses."
+    ) from None
+
+
 def build_inventory(
     model: nn.Module, example_inputs: tuple[torch.Tensor, ...], ignored_layers: Iterable[str] = ()
 ) -> LayerInventory:
@@ -222,16 +293,7 @@ def build_inventory(
     if unknown:
         raise UserError(f"ignored_layers names modules the model does not have: {unknown}; use names from model.named_modules().")
     gm = trace(model)
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*example_inputs)
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        shapes = [tuple(t.shape) for t in example_inputs]
-        raise UserError(
-            f"The model fails on its example inputs of shape {shapes} ({type(exc).__name__}: {first}); "
-            "give example_inputs the shape one deployment call uses."
-        ) from None
+    _propagate_shapes(gm, example_inputs)
     gm_modules = dict(gm.named_modules())
 
     # Coupling groups from Torch-Pruning's dependency graph.

@@ -11,7 +11,7 @@ import platform
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from rich.table import Table
 
 from autocompress import compress
 from autocompress._io import atomic_write_json, read_json
+from autocompress._phases import enter_phase
 from autocompress.budget import parse_budget
 from autocompress.errors import UserError
 from autocompress.evaluators import DistillConfig, ProgressHook, distill, evaluate
@@ -75,6 +76,16 @@ class SearchConfig:
         if self.final_finetune < 0:
             raise UserError(f"--final-finetune must be at least 0, but got {self.final_finetune}.")
         check_backend_name(self.backend)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchConfig":
+        """The config a run recorded in its run.json (``asdict`` of this class), rebuilt."""
+        known = {f.name for f in fields(cls)}
+        plain = {k: v for k, v in data.items() if k in known and k not in ("distill", "space", "ray")}
+        distill = {k: tuple(v) if isinstance(v, list) else v for k, v in data.get("distill", {}).items()}
+        space = {k: tuple(v) if isinstance(v, list) else v for k, v in data.get("space", {}).items()}
+        ray = RayConfig(**data["ray"]) if data.get("ray") else None
+        return cls(**plain, distill=DistillConfig(**distill), space=SpaceConfig(**space), ray=ray)
 
 
 @dataclass
@@ -224,9 +235,11 @@ def train_and_export(
     torch.manual_seed(seed * 100003 + trial_id)
     t0 = time.perf_counter()
     student = bench.candidate(policy)
+    enter_phase("finetune", f"trial {trial_id}")
     losses = distill(student, task.model, task.train_loader, distill_config, progress)
     t_ft = time.perf_counter() - t0
     metric = evaluate(student, task.eval_loader, task.metric)
+    enter_phase("export", f"trial {trial_id}")
     checkpoint = save_candidate(student, candidate_path(engines_dir.parent, trial_id), trial_id, policy.to_dict())
     engine = export_engine(
         student, task.example_inputs, engines_dir / f"trial-{trial_id:04d}.onnx", bench.backend, check_batches,
@@ -294,6 +307,7 @@ def run_search(
 
     # 3. Latency table: measured on the target, calibrated on whole models.
     t0 = time.perf_counter()
+    enter_phase("table")
     with console.status("Measuring the latency table on the target ..."):
         if not table.is_calibrated(inventory):
             table.calibrate(inventory, space, bench.measure_policy, seed=config.seed)
@@ -331,14 +345,23 @@ def run_search(
     atomic_write_json(run_dir / "run.json", manifest)
 
     # 4. The search loop.
+    enter_phase("search")
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    searcher = OptunaSearcher.create(space, storage, "autocompress", config.searcher, config.seed, task.higher_is_better)
-    interrupted = searcher.abandon_running()
+    try:
+        searcher = OptunaSearcher.create(space, storage, "autocompress", config.searcher, config.seed, task.higher_is_better)
+    except Exception as exc:  # SQLAlchemy's DatabaseError and kin: the file is not a whole SQLite database
+        if not (run_dir / "study.db").is_file():
+            raise
+        raise UserError(
+            f"The trial store {str(run_dir / 'study.db')!r} is unreadable or corrupted ({type(exc).__name__}); "
+            "move it away to search again in this folder, or use a new --run-dir."
+        ) from None
+    interrupted = searcher.abandon_running(retry=True)
     if not searcher.study.get_trials(deepcopy=False):
         for policy in seed_policies(space):  # the uniform baselines every method is compared with
             searcher.enqueue(policy)
     if interrupted:
-        console.print(f"Marked {interrupted} interrupted trial(s) of the previous process as failed.")
+        console.print(f"Marked {interrupted} interrupted trial(s) of the previous process as failed; their candidates are proposed again.")
     completed = [t for t in searcher.study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "completed"]
     seen: dict[str, dict] = {t.user_attrs["digest"]: t.user_attrs for t in completed}
     if completed:
@@ -448,6 +471,7 @@ def run_search(
         )
 
     # 5. The front: re-measure candidates interleaved with the baseline, keep those within budget.
+    enter_phase("front")
     result = finalize_run(run_dir, task.metric_name, console, backend, original, wall_s=time.perf_counter() - t_start)
     if config.final_finetune and result.front:
         for member in result.front:
@@ -458,6 +482,7 @@ def run_search(
                           f"{final.latency_ms:.3f} ms){'' if final.ok else ' [red]verification failed[/]'}")
         result = finalize_run(run_dir, task.metric_name, console, backend, original, wall_s=time.perf_counter() - t_start)
     console.print(f"Done in {time.perf_counter() - t_start:.0f} s: {result.counts}")
+    enter_phase("done")
     return result
 
 

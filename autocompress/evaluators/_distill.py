@@ -212,7 +212,10 @@ def _steps(student, teacher, config, opt, sched, batches, taps, losses, progress
             loss = loss + config.hard_label_weight * nn.functional.cross_entropy(s_logits, targets)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise DivergedError(f"distillation loss became {value} at step {len(losses)}")
+            raise DivergedError(
+                f"distillation loss became {value} at step {len(losses)}; the candidate was not exported "
+                "(lower --lr, or check the training data for non-finite values)"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

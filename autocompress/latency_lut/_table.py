@@ -219,7 +219,12 @@ class LatencyTable:
         path: The run's table file (JSON, written atomically).
         backend: Measures missing entries on the target.
         shared_path: A table reused across runs on the same profile (``None``: no sharing).
+
+    While entries are being measured, the table is saved at least every ``checkpoint_s``
+    seconds, so a process killed while building it loses at most that much measuring.
     """
+
+    checkpoint_s: float = 30.0
 
     def __init__(self, path: Path, backend: LatencyBackend, shared_path: Path | None = None, channel_multiple: int = 8) -> None:
         self.path = Path(path)
@@ -232,6 +237,7 @@ class LatencyTable:
         self.calibrations: dict[str, Calibration] = {}
         self.measured_now = 0
         self.on_measure: Callable[[str], None] | None = None
+        self._saved_at = time.monotonic()
         self._reference: tuple[float, float] | None = None  # (measured at, us)
         self._reference_history: list[tuple[float, float]] = []
 
@@ -284,6 +290,7 @@ class LatencyTable:
         }
 
     def save(self) -> None:
+        self._saved_at = time.monotonic()
         atomic_write_json(self.path, self.to_dict())
         if self.shared_path is not None:
             shared = {}
@@ -338,6 +345,8 @@ class LatencyTable:
             m = self._measure_choice(choice)
             self.entries[key] = {**m.to_dict(), "ref_us": self.reference_us()}
             self.measured_now += 1
+            if time.monotonic() - self._saved_at >= self.checkpoint_s:  # a crash mid-table keeps what was measured
+                self.save()
         entry = self.entries[key]
         us = float(entry["median_us"])
         ref = entry.get("ref_us")

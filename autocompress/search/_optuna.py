@@ -87,11 +87,23 @@ class OptunaSearcher:
         else:
             self.study.tell(trial, state=TrialState.FAIL)
 
-    def abandon_running(self) -> int:
-        """Mark trials left RUNNING by an interrupted process as failed; return how many."""
+    def abandon_running(self, retry: bool = False) -> int:
+        """Settle trials left RUNNING by an interrupted process; return how many were interrupted.
+
+        A trial whose outcome was recorded but not yet told (the process died between the
+        two writes) is told now with its recorded values. Any other is marked failed with
+        reason "interrupted"; with ``retry`` its policy is enqueued to be proposed again."""
         n = 0
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            attrs = t.user_attrs
+            values = [attrs.get("metric"), attrs.get("measured_ms")]
+            if attrs.get("status") == "completed" and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                self.study.tell(t.number, values)
+                continue
+            self.study._storage.set_trial_user_attr(t._trial_id, "status", "failed")
             self.study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted")
             self.study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            if retry and t.params:
+                self.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
             n += 1
         return n

@@ -14,7 +14,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from autocompress._io import atomic_torch_save, cache_dir, weights_digest
+from autocompress._io import atomic_torch_save, cache_dir, load_cached_state_dict, weights_digest
 from autocompress.evaluators import accuracy, evaluate
 from autocompress.task import Task
 from autocompress.tasks.models import DemoResNet
@@ -72,10 +72,16 @@ def build_demo_task(width: int = 32, seed: int = 0, epochs: int = 4, console: Co
 
     model = DemoResNet(width=width)
     path = cache_dir() / "teachers" / f"demo-resnet-w{width}-s{seed}-e{epochs}-v{TEACHER_VERSION}.pt"
-    if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
-    else:
-        console.print(f"Training the demo teacher (first use; cached at {path}) ...")
+    state, cached = load_cached_state_dict(path), False
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+            cached = True
+        except RuntimeError:  # keys or shapes of another model: train again
+            pass
+    if not cached:
+        first = "first use" if not path.exists() else "the cached copy is unreadable"
+        console.print(f"Training the demo teacher ({first}; cached at {path}) ...")
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         model = DemoResNet(width=width)
