@@ -81,7 +81,7 @@ th{{background:#f0f0f0}}code{{background:#f4f4f4;padding:1px 4px}}</style></head
 <p>Original model: {html.escape(summary['metric_name'])} <b>{base['metric']:.4f}</b> at <b>{base['latency_ms']:.3f} ms</b>.
 Budget <b>{summary['budget_ms']:.3f} ms</b> (<code>{html.escape(summary['budget'])}</code>).
 Trials: {counts.get('completed', 0)} fine-tuned, {counts.get('infeasible', 0)} rejected by the latency table before any fine-tune,
-{counts.get('failed', 0)} failed.</p>
+{counts.get('failed', 0)} failed; {counts.get('repaired', 0)} fine-tuned trials were over-budget proposals repaired to fit.</p>
 {_svg(trials, front, base, summary['budget_ms'], summary['metric_name'])}
 <h2>Members</h2>
 <table><tr><th>trial</th><th>{html.escape(summary['metric_name'])}</th><th>change</th><th>predicted ms</th><th>measured ms</th><th>speedup</th><th>engine size</th><th>engine</th></tr>

@@ -13,9 +13,11 @@ trials, so the report and resume read them like any other searcher's.
 from __future__ import annotations
 
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import optuna
 import torch
@@ -107,6 +109,17 @@ def _units(space: SearchSpace, inventory: LayerInventory) -> list[_Unit]:
 def _order(dimension: str, domain: tuple) -> list:
     """A domain from least to most compression."""
     return sorted(domain) if dimension.startswith("prune/") else sorted(domain, reverse=True)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """The agent's networks are tiny: more threads only contend with each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _mlp(inputs: int, hidden: int, outputs: int, last: nn.Module | None) -> nn.Sequential:
@@ -252,14 +265,16 @@ class AMCSearcher(TrialStore):
 
     def greedy_policy(self) -> Policy:
         """The actor's policy without exploration noise."""
-        return self._episode(explore=False)[0]
+        with _one_thread():
+            return self._episode(explore=False)[0]
 
     # -- the Searcher contract --------------------------------------------------------------
 
     def ask(self) -> tuple[int, Policy] | None:
         if self.has_queued():  # seeds queued in the study go first, as for every searcher
             return self.open_sampled()
-        policy, states, actions = self._episode(explore=True)
+        with _one_thread():
+            policy, states, actions = self._episode(explore=True)
         self.episodes_asked += 1
         trial_id = self.open_fixed(policy, {"amc_episode": self.episodes_asked})
         self._episodes[trial_id] = (states, actions)
@@ -269,12 +284,11 @@ class AMCSearcher(TrialStore):
         return self.open_fixed(policy, attrs)
 
     def tell(self, trial_id: int, outcome: Outcome) -> None:
-        import time
-
         t0 = time.perf_counter()
         episode = self._episodes.pop(trial_id, None)
         if episode is not None:
-            self._learn(*episode, self._reward(outcome))
+            with _one_thread():
+                self._learn(*episode, self._reward(outcome))
             if self.state_path is not None:
                 atomic_torch_save(self.state_dict(), self.state_path)
         self.finish(trial_id, outcome, time.perf_counter() - t0)

@@ -4,7 +4,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from autocompress.search._amc import AMCSearcher
-from autocompress.search._base import Searcher
 from autocompress.search._optuna import OptunaSearcher, make_sampler, sampler_names
 from autocompress.spaces import Policy, SearchSpace
 
@@ -28,7 +27,7 @@ def make_searcher(
     name: str, space: SearchSpace, storage: str | None, seed: int, higher_is_better: bool,
     latency_us: Callable[[Policy], float], budget_us: float, objectives: Sequence[str] = ("metric", "latency"),
     run_dir: Path | None = None,
-) -> Searcher:
+) -> OptunaSearcher | AMCSearcher:
     """The searcher called ``name`` over ``space``, keeping its trials in the Optuna study at
     ``storage`` (None: in memory). ``latency_us`` (the table's prediction) and ``budget_us``
     are for searchers that plan with latency (amc); ``run_dir`` is where a searcher with state

@@ -1,7 +1,7 @@
 """Budget-aware repair: move an over-budget proposal toward the budget with the latency table.
 
 A proposal the table predicts over budget would cost nothing but teach nothing. Repair makes
-it more aggressive, one notch of one dimension at a time, always taking the notch with the
+it more aggressive, one dimension at a time, always taking the move with the
 most predicted latency saved per importance lost, until the prediction fits the budget.
 """
 
@@ -119,10 +119,10 @@ class Repair:
 class BudgetRepair:
     """Greedy repair of over-budget policies, deterministic and bounded.
 
-    Each step tries one more notch of every dimension against the table (``predict_us``)
-    and takes the one with the highest latency saved per importance lost (ties: the
-    space's dimension order). Every dimension moves only toward more compression, so there
-    are at most ``sum(len(domain) - 1)`` steps. Returns None when the budget cannot be
+    Each step tries every more compressed value of every dimension against the table
+    (``predict_us``) and takes the one with the highest latency saved per importance lost
+    (ties: the space's dimension order). Every dimension moves only toward more
+    compression, so there are at most ``sum(len(domain) - 1)`` steps. Returns None when the budget cannot be
     reached that way or when the result was already seen (``seen`` holds policy digests).
     """
 
@@ -139,17 +139,18 @@ class BudgetRepair:
         while current > budget_us and steps < self.max_steps:
             best: tuple[float, str, Any, float] | None = None
             for name, domain in self.space.domains.items():
-                nxt = more_aggressive(name, domain, params[name])
-                if nxt is None:
-                    continue
-                us = self.predict_us(self.space.from_params({**params, name: nxt}))
-                saved = current - us
-                if saved <= 0:
-                    continue
-                lost = max(self.importance.loss(name, nxt) - self.importance.loss(name, params[name]), 0.0)
-                score = saved / (lost + _EPS)
-                if best is None or score > best[0]:
-                    best = (score, name, nxt, us)
+                nxt = params[name]
+                # Every more aggressive value, not only the next: latency is not monotone in
+                # channel counts, so one notch may save nothing where two do.
+                while (nxt := more_aggressive(name, domain, nxt)) is not None:
+                    us = self.predict_us(self.space.from_params({**params, name: nxt}))
+                    saved = current - us
+                    if saved <= 0:
+                        continue
+                    lost = max(self.importance.loss(name, nxt) - self.importance.loss(name, params[name]), 0.0)
+                    score = saved / (lost + _EPS)
+                    if best is None or score > best[0]:
+                        best = (score, name, nxt, us)
             if best is None:
                 return None  # no single notch saves anything more
             _, name, nxt, current = best
