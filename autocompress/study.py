@@ -348,7 +348,8 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
         while repaired_queue or (n_done < config.trials and proposals < max_proposals):  # a queued repair is always run
             proposals += 1
             t_trial = time.perf_counter()
-            asked = repaired_queue.pop(0) if repaired_queue else searcher.ask()
+            is_repair = bool(repaired_queue)
+            asked = repaired_queue.pop(0) if is_repair else searcher.ask()
             if asked is None:
                 break
             trial_id, policy = asked
@@ -356,7 +357,8 @@ def run_search(config: SearchConfig, console: Console | None = None, task: Task 
             attrs: dict[str, Any] = {"policy": policy.to_dict(), "digest": policy.digest, "predicted_ms": predicted_ms}
             if predicted_ms > budget_ms:
                 rejected += 1
-                fixed = repair(policy, budget_ms * 1000, tried) if repair is not None else None
+                # A repair that no longer fits (the table moved meanwhile) is not repaired again.
+                fixed = repair(policy, budget_ms * 1000, tried) if repair is not None and not is_repair else None
                 if fixed is not None:  # evaluated next as its own trial; the sampler still learns the budget from this one
                     repaired_id = searcher.ask_policy(fixed.policy, {"repair_of": trial_id, "repair_steps": fixed.steps})
                     repaired_queue.append((repaired_id, fixed.policy))

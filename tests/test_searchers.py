@@ -129,3 +129,23 @@ def test_repair_reaches_the_budget_deterministically_and_skips_seen_policies():
         while (v := more_aggressive(name, domain, v)) is not None:
             walk.append(v)
         assert value in walk
+
+
+def test_amc_saves_its_state_after_each_tell_and_a_new_process_restores_it(tmp_path):
+    space = tiny_space()
+
+    def latency(p):
+        return synthetic_latency_us(space, p)
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = make_searcher("amc", space, storage, 2, True, latency, 800.0, run_dir=tmp_path)
+    for _ in range(3):
+        trial_id, policy = first.ask()  # type: ignore[misc]
+        first.tell(trial_id, SearcherConformance.outcome(policy))
+    saved = tmp_path / "amc_state.pt"
+    assert saved.is_file() and not list(tmp_path.glob(".amc_state.pt.*"))  # written atomically, no temporary left
+    again = make_searcher("amc", space, storage, 2, True, latency, 800.0, run_dir=tmp_path)
+    assert again.episodes_told == 3 and again.buffer_count == first.buffer_count  # type: ignore[union-attr]
+    assert again.ask()[1] == first.ask()[1]  # type: ignore[index]
+    with pytest.raises(UserError):  # another seed must not silently reuse the agent
+        make_searcher("amc", space, storage, 3, True, latency, 800.0, run_dir=tmp_path)
