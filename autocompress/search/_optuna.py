@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import optuna
@@ -52,11 +53,11 @@ def sampler_names() -> list[str]:
 
 def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     """The Optuna sampler called ``name`` (a short name or ``optuna:<ClassName>``), seeded."""
-    if name in SAMPLERS:
-        return SAMPLERS[name](seed)
     cls_name = name.split(":", 1)[1] if name.startswith("optuna:") else _ALIASES.get(name)
-    if cls_name in OPTUNA_CLASSES:
-        return getattr(optuna.samplers, cls_name)(seed=seed)
+    if name in SAMPLERS or cls_name in OPTUNA_CLASSES:
+        with warnings.catch_warnings():  # NSGA-III and GP are marked experimental; they are chosen on purpose
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return SAMPLERS[name](seed) if name in SAMPLERS else getattr(optuna.samplers, cls_name)(seed=seed)
     if cls_name in _REFUSED:
         raise UserError(f"Searcher {name!r} cannot search this space: {_REFUSED[cls_name]}; choose one of {sampler_names()}.")
     raise UserError(f"Unknown searcher {name!r}; choose one of {sampler_names()}.")
