@@ -20,7 +20,6 @@ Prints a Markdown table and writes it, with the curves, to
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time

@@ -13,29 +13,37 @@ from autocompress.search._repair import more_aggressive
 from autocompress.spaces import SearchSpace, SpaceConfig, build_space
 from autocompress.testing.searchers import SearcherConformance, synthetic_latency_us, tiny_space
 
+
 class TestTPE(SearcherConformance):
     searcher = "tpe"
+
 
 class TestNSGA2(SearcherConformance):
     searcher = "nsga2"
     trials = 20  # past the first generation (population 16)
 
+
 class TestNSGA3(SearcherConformance):
     searcher = "nsga3"
 
+
 class TestRandom(SearcherConformance):
     searcher = "random"
+
 
 class TestGP(SearcherConformance):
     searcher = "gp"
     trials = 10  # past its 8 start-up trials; each GP fit takes a while
 
+
 class TestOptunaClassName(SearcherConformance):
     searcher = "optuna:TPESampler"
+
 
 class TestAMC(SearcherConformance):
     searcher = "amc"
     trials = 20  # past the warm-up, so the networks are trained and their state saved
+
 
 @pytest.mark.parametrize("name, needle", [
     ("bogus", "tpe"), ("optuna:CmaEsSampler", "single-objective"), ("qmc", "numerical parameters only"),
@@ -47,6 +55,7 @@ def test_unknown_or_unfit_searchers_are_refused_with_the_valid_names(name, needl
         make_searcher(name, space, None, 0, True, lambda p: synthetic_latency_us(space, p), 800.0)
     message = str(err.value)
     assert needle in message and "\n" not in message and "amc" in message
+
 
 def test_objectives_parse_and_size_is_a_third_objective():
     assert parse_objectives("metric,latency,size") == ("metric", "latency", "size")
@@ -63,12 +72,14 @@ def test_objectives_parse_and_size_is_a_third_objective():
     searcher.tell(trial_id, Outcome("completed", 0.9, 0.5, -0.1))  # size missing: not a finite objective
     assert searcher.study.trials[1].state.name == "FAIL"  # type: ignore[attr-defined]
 
+
 def _learning_problem(resnet_inventory) -> tuple[SearchSpace, AMCSearcher, dict[str, float]]:
     space = build_space(resnet_inventory, SpaceConfig(prune_ratios=(0.0, 0.25, 0.5, 0.75), bits=(32, 8), rank_ratios=(1.0,)))
     searcher = AMCSearcher.create(space, None, lambda p: 100.0, 1000.0, True, seed=0, config=AMCConfig(gamma=0.5))
     # The optimum: per unit, prune fully or not at all and quantize or not, alternating by unit.
     target = {d: float((t + k) % 2) for t, u in enumerate(searcher.units) for k, d in u.dims}
     return space, searcher, target
+
 
 def _reward(space: SearchSpace, policy, target: dict[str, float]) -> float:
     params = space.to_params(policy)
@@ -77,6 +88,7 @@ def _reward(space: SearchSpace, policy, target: dict[str, float]) -> float:
         order = sorted(space.domains[d]) if d.startswith("prune/") else sorted(space.domains[d], reverse=True)
         err += abs(order.index(params[d]) / (len(order) - 1) - want)
     return 1.0 - err / len(target)
+
 
 def test_amc_learns_a_synthetic_problem_with_a_known_optimum(resnet_inventory):
     space, searcher, target = _learning_problem(resnet_inventory)
@@ -90,6 +102,7 @@ def test_amc_learns_a_synthetic_problem_with_a_known_optimum(resnet_inventory):
     assert greedy > random_rewards[int(0.99 * len(random_rewards))]  # better than 99% of random policies
     assert sum(random_rewards) / len(random_rewards) < 0.6
 
+
 def test_amc_action_wall_keeps_every_proposal_within_a_reachable_budget(resnet_inventory):
     space = build_space(resnet_inventory, SpaceConfig(prune_ratios=(0.0, 0.5, 0.75), bits=(32, 8), rank_ratios=(1.0,)))
 
@@ -102,6 +115,7 @@ def test_amc_action_wall_keeps_every_proposal_within_a_reachable_budget(resnet_i
         trial_id, policy = searcher.ask()  # type: ignore[misc]
         assert latency(policy) <= budget
         searcher.tell(trial_id, Outcome("completed", 0.5, latency(policy) / 1000))
+
 
 def test_repair_reaches_the_budget_deterministically_and_skips_seen_policies():
     space = tiny_space()
