@@ -4,7 +4,8 @@ The agent walks the layer units (a coupling group with its layers, or a lone lay
 graph order. For each it sees an embedding of the unit and of the choices so far, and acts
 with a continuous action in [0, 1]^3: pruning ratio, bit-width compression and rank
 compression, each mapped to the nearest allowed value. The action wall keeps the remaining
-units able to meet the latency budget, measured with the latency table (not FLOPs). The
+units able to meet the latency budget at their fastest choices, measured with the latency
+table (not FLOPs). The
 distilled metric told back is the reward of every step of the episode; infeasible and
 failed outcomes get a penalty. Proposals still live in the Optuna study as fixed-parameter
 trials, so the report and resume read them like any other searcher's.
@@ -122,6 +123,24 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _fastest(space: SearchSpace, latency_us: Callable[[Policy], float], passes: int = 2) -> dict[str, Any]:
+    """The fastest parameters by ``latency_us``: coordinate descent from the most compressed
+    policy (latency is not monotone in the choices, so that alone may not be the fastest)."""
+    params = space.to_params(space.extreme())
+    best = latency_us(space.from_params(params))
+    for _ in range(passes):
+        improved = False
+        for name, domain in space.domains.items():
+            for value in domain:
+                if value != params[name]:
+                    us = latency_us(space.from_params({**params, name: value}))
+                    if us < best:
+                        params, best, improved = {**params, name: value}, us, True
+        if not improved:
+            break
+    return params
+
+
 def _mlp(inputs: int, hidden: int, outputs: int, last: nn.Module | None) -> nn.Sequential:
     head = nn.Linear(hidden, outputs)
     nn.init.uniform_(head.weight, -3e-3, 3e-3)  # DDPG: start near the middle of the action range
@@ -157,6 +176,7 @@ class AMCSearcher(TrialStore):
         base = space.to_params(space.baseline())
         self._base_params = base
         self._extreme_params = space.to_params(space.extreme())
+        self._fastest_params = _fastest(space, latency_us)
         self._base_us = max(latency_us(space.from_params(base)), 1e-9)
         self._unit_share = []
         for unit in self.units:
@@ -215,25 +235,31 @@ class AMCSearcher(TrialStore):
         unit = self.units[t]
         rest = [d for u in self.units[t:] for _, d in u.dims]
         at_base = self.latency_us(self.space.from_params({**chosen, **{d: self._base_params[d] for d in rest}}))
-        at_extreme = self.latency_us(self.space.from_params({**chosen, **{d: self._extreme_params[d] for d in rest}}))
+        at_fastest = self.latency_us(self.space.from_params({**chosen, **{d: self._fastest_params[d] for d in rest}}))
         features = [
             t / max(1, len(self.units) - 1), *unit.static, self._unit_share[t],
             float(unit.prune is not None), float(bool(unit.bits)), float(bool(unit.rank)), *prev.tolist(),
-            1.0 - at_base / self._base_us, max(-1.0, min(1.0, (self.budget_us - at_extreme) / self._base_us)),
+            1.0 - at_base / self._base_us, max(-1.0, min(1.0, (self.budget_us - at_fastest) / self._base_us)),
         ]
         return torch.tensor(features, dtype=torch.float32)
 
     def _wall(self, t: int, params: dict[str, Any], action: torch.Tensor) -> torch.Tensor:
         """AMC's action wall: the least push toward full compression that leaves the units
-        after ``t`` able to meet the budget at their most compressed (by the table)."""
-        later = {d: self._extreme_params[d] for u in self.units[t + 1:] for _, d in u.dims}
+        after ``t`` able to meet the budget at their fastest choices (by the table). When no
+        push fits, the push with the lowest latency."""
+        later = {d: self._fastest_params[d] for u in self.units[t + 1:] for _, d in u.dims}
+        best: tuple[float, torch.Tensor] | None = None
         for push in (0.0, 0.25, 0.5, 0.75, 1.0):
             candidate = action + push * (1.0 - action)
             trial = dict(params)
             self._apply(trial, self.units[t], candidate)
-            if self.latency_us(self.space.from_params({**trial, **later})) <= self.budget_us:
+            us = self.latency_us(self.space.from_params({**trial, **later}))
+            if us <= self.budget_us:
                 return candidate
-        return torch.ones(ACTIONS)
+            if best is None or us < best[0]:
+                best = (us, candidate)
+        assert best is not None
+        return best[1]
 
     def _noisy(self, mean: torch.Tensor) -> torch.Tensor:
         """Truncated normal on [0, 1] around ``mean`` by inverse CDF (no rejection loop)."""

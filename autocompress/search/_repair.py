@@ -1,8 +1,8 @@
 """Budget-aware repair: move an over-budget proposal toward the budget with the latency table.
 
 A proposal the table predicts over budget would cost nothing but teach nothing. Repair makes
-it more aggressive, one dimension at a time, always taking the move with the
-most predicted latency saved per importance lost, until the prediction fits the budget.
+it faster, one dimension at a time, always taking the change with the most predicted
+latency saved per importance lost, until the prediction fits the budget.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ class WeightL1Importance:
 
 @dataclass(frozen=True)
 class Repair:
-    """A repaired policy, its predicted latency and how many notches it moved."""
+    """A repaired policy, its predicted latency and how many changes it took."""
 
     policy: Policy
     predicted_us: float
@@ -119,10 +119,11 @@ class Repair:
 class BudgetRepair:
     """Greedy repair of over-budget policies, deterministic and bounded.
 
-    Each step tries every more compressed value of every dimension against the table
-    (``predict_us``) and takes the one with the highest latency saved per importance lost
-    (ties: the space's dimension order). Every dimension moves only toward more
-    compression, so there are at most ``sum(len(domain) - 1)`` steps. Returns None when the budget cannot be
+    Each step tries every other value of every dimension against the table
+    (``predict_us``) and takes the one with the highest predicted latency saved per
+    importance lost (a move that saves latency and restores importance goes first; ties: the
+    space's dimension order). Every step strictly lowers the prediction, so no policy comes
+    twice, and there are at most ``max_steps`` steps. Returns None when the budget cannot be
     reached that way or when the result was already seen (``seen`` holds policy digests).
     """
 
@@ -130,7 +131,7 @@ class BudgetRepair:
         self.space = space
         self.predict_us = predict_us
         self.importance = importance
-        self.max_steps = sum(len(d) - 1 for d in space.domains.values())
+        self.max_steps = 2 * sum(len(d) - 1 for d in space.domains.values())
 
     def __call__(self, policy: Policy, budget_us: float, seen: Container[str] = ()) -> Repair | None:
         params = self.space.to_params(policy)
@@ -139,10 +140,12 @@ class BudgetRepair:
         while current > budget_us and steps < self.max_steps:
             best: tuple[float, str, Any, float] | None = None
             for name, domain in self.space.domains.items():
-                nxt = params[name]
-                # Every more aggressive value, not only the next: latency is not monotone in
-                # channel counts, so one notch may save nothing where two do.
-                while (nxt := more_aggressive(name, domain, nxt)) is not None:
+                # Every other value, not only the next notch: latency is not monotone (int8 on
+                # few channels can be slower than fp32), so the move that saves may be two
+                # notches on, or a step back that also restores importance.
+                for nxt in domain:
+                    if nxt == params[name]:
+                        continue
                     us = self.predict_us(self.space.from_params({**params, name: nxt}))
                     saved = current - us
                     if saved <= 0:
@@ -152,7 +155,7 @@ class BudgetRepair:
                     if best is None or score > best[0]:
                         best = (score, name, nxt, us)
             if best is None:
-                return None  # no single notch saves anything more
+                return None  # no single change saves anything more
             _, name, nxt, current = best
             params[name] = nxt
             steps += 1
