@@ -56,7 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--latency-budget", default=None, help="absolute (2.5ms, 800us) or a fraction of the original latency (0.5x); required unless --resume")
     s.add_argument("--trials", type=int, default=20, help="candidates to fine-tune (proposals over budget do not count)")
     s.add_argument("--run-dir", default=None, help="output folder (default runs/<task>); re-running resumes it")
-    s.add_argument("--searcher", default="tpe", help="tpe (default), nsga2 or random")
+    s.add_argument("--searcher", default="tpe",
+                   help="tpe (default), nsga2, nsga3, gp, random, amc (DDPG agent) or optuna:<SamplerClass>")
+    s.add_argument("--objectives", default="metric,latency", help="metric,latency (default) or metric,latency,size")
+    s.add_argument("--repair", action=argparse.BooleanOptionalAction, default=True,
+                   help="repair over-budget proposals toward the budget with the latency table (default on)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--distill-steps", type=int, default=120, help="fine-tuning steps per candidate")
     s.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
@@ -221,6 +225,7 @@ def _search(args: argparse.Namespace) -> int:
     config = SearchConfig(
         task=args.task, latency_budget=args.latency_budget, trials=args.trials,
         run_dir=args.run_dir or f"runs/{task_name}", searcher=args.searcher, seed=args.seed, distill=distill,
+        objectives=tuple(args.objectives.split(",")), repair=args.repair,
         space=space, lr_given=args.lr is not None, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
         final_finetune=args.final_finetune,
         backend=args.backend,

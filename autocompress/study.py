@@ -34,7 +34,7 @@ from autocompress.export import (
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend
 from autocompress.report import pareto_front, write_report
-from autocompress.search import SAMPLERS, OptunaSearcher, Outcome
+from autocompress.search import BudgetRepair, Outcome, WeightL1Importance, make_searcher, parse_objectives, validate_searcher_name
 from autocompress.search._ray import RayConfig
 from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
 from autocompress.task import Task, as_input_tuple, load_task
@@ -52,7 +52,9 @@ class SearchConfig:
     latency_budget: str = "0.5x"
     trials: int = 20
     run_dir: str = "runs/demo"
-    searcher: str = "tpe"
+    searcher: str = "tpe"  # a make_searcher name: tpe, nsga2, nsga3, gp, random, amc, optuna:<Class>
+    objectives: tuple[str, ...] = ("metric", "latency")  # optionally "size" too
+    repair: bool = True  # repair over-budget proposals toward the budget with the table
     seed: int = 0
     distill: DistillConfig = DistillConfig()
     space: SpaceConfig = SpaceConfig()
@@ -69,8 +71,8 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.trials < 1:
             raise UserError(f"--trials must be at least 1, but got {self.trials}.")
-        if self.searcher not in SAMPLERS:
-            raise UserError(f"Unknown searcher {self.searcher!r}; choose one of {list(SAMPLERS)}.")
+        validate_searcher_name(self.searcher)
+        object.__setattr__(self, "objectives", parse_objectives(self.objectives))
         if self.threads < 1:
             raise UserError(f"--threads must be at least 1, but got {self.threads}.")
         if self.final_finetune < 0:
@@ -348,7 +350,10 @@ def run_search(
     enter_phase("search")
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
     try:
-        searcher = OptunaSearcher.create(space, storage, "autocompress", config.searcher, config.seed, task.higher_is_better)
+        searcher = make_searcher(
+            config.searcher, space, storage, config.seed, task.higher_is_better, lambda p: table.predict_us(inventory, p),
+            budget_ms * 1000, config.objectives, run_dir,
+        )
     except Exception as exc:  # SQLAlchemy's DatabaseError and kin: the file is not a whole SQLite database
         if not (run_dir / "study.db").is_file():
             raise
@@ -357,6 +362,7 @@ def run_search(
             "move it away to search again in this folder, or use a new --run-dir."
         ) from None
     interrupted = searcher.abandon_running(retry=True)
+    repair = BudgetRepair(space, lambda p: table.predict_us(inventory, p), WeightL1Importance(task.model, inventory, space)) if config.repair else None
     if not searcher.study.get_trials(deepcopy=False):
         for policy in seed_policies(space):  # the uniform baselines every method is compared with
             searcher.enqueue(policy)
@@ -364,6 +370,9 @@ def run_search(
         console.print(f"Marked {interrupted} interrupted trial(s) of the previous process as failed; their candidates are proposed again.")
     completed = [t for t in searcher.study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "completed"]
     seen: dict[str, dict] = {t.user_attrs["digest"]: t.user_attrs for t in completed}
+    tried = {t.user_attrs["digest"] for t in searcher.study.get_trials(deepcopy=False)
+             if t.user_attrs.get("status") in ("completed", "failed") and "digest" in t.user_attrs}
+    repaired_queue: list[tuple[int, Policy]] = []  # repaired proposals, evaluated next as their own trials
     if completed:
         console.print(f"Resuming: {len(completed)} completed trial(s) kept.")
     sign = 1.0 if task.higher_is_better else -1.0
@@ -414,29 +423,44 @@ def run_search(
                     f"The first {len(failures)} candidates all failed ({count}x {common}); the search stopped. "
                     f"Each failure is kept with its reason in {run_dir / 'study.db'}; fix the cause and re-run to resume."
                 )
-        while config.ray is None and n_done < config.trials and proposals < max_proposals:
+        # a queued repair is always run
+        while config.ray is None and (repaired_queue or (n_done < config.trials and proposals < max_proposals)):
             proposals += 1
-            trial_id, policy = searcher.ask()  # type: ignore[misc]
             t_trial = time.perf_counter()
+            is_repair = bool(repaired_queue)
+            asked = repaired_queue.pop(0) if is_repair else searcher.ask()
+            if asked is None:
+                break
+            trial_id, policy = asked
             predicted_ms = table.predict_us(inventory, policy) / 1000
             attrs: dict[str, Any] = {"policy": policy.to_dict(), "digest": policy.digest, "predicted_ms": predicted_ms}
             if predicted_ms > budget_ms:
                 rejected += 1
+                # A repair that no longer fits (the table moved meanwhile) is not repaired again.
+                fixed = repair(policy, budget_ms * 1000, tried) if repair is not None and not is_repair else None
+                if fixed is not None:  # evaluated next as its own trial; the sampler still learns the budget from this one
+                    repaired_id = searcher.ask_policy(fixed.policy, {"repair_of": trial_id, "repair_steps": fixed.steps})
+                    repaired_queue.append((repaired_id, fixed.policy))
+                    tried.add(fixed.policy.digest)
+                    attrs["repaired_to"] = repaired_id
                 searcher.record(trial_id, {**attrs, "predict_s": time.perf_counter() - t_trial})
-                searcher.tell(trial_id, Outcome("infeasible", constraint=predicted_ms - budget_ms))
+                searcher.tell(trial_id, Outcome("infeasible", constraint=predicted_ms - budget_ms, overhead_s=time.perf_counter() - t_trial))
                 progress.update(bar, rejected=rejected)
                 continue
             if policy.digest in seen:  # the sampler repeated itself: reuse, do not fine-tune again
                 prev = seen[policy.digest]
                 searcher.record(trial_id, {**attrs, "duplicate_of": prev.get("trial"), "measured_ms": prev.get("measured_ms")})
-                searcher.tell(trial_id, Outcome("completed", prev["metric"], prev.get("measured_ms", predicted_ms), predicted_ms - budget_ms))
+                searcher.tell(trial_id, Outcome("completed", prev["metric"], prev.get("measured_ms", predicted_ms), predicted_ms - budget_ms,
+                                                size_bytes=prev.get("size_bytes"), overhead_s=time.perf_counter() - t_trial))
                 continue
+            tried.add(policy.digest)
+            overhead_s = time.perf_counter() - t_trial  # ask and predict; fine-tuning and export are not overhead
             try:
                 attrs.update(train_and_export(bench, policy, trial_id, distill_config, engines_dir, check_batches, config.seed))
             except Exception as exc:  # one trial's failure must not end the search
                 reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
                 searcher.record(trial_id, attrs)
-                searcher.tell(trial_id, Outcome("failed", reason=reason))
+                searcher.tell(trial_id, Outcome("failed", reason=reason, overhead_s=overhead_s))
                 console.print(f"  trial {trial_id} failed: {reason}")
                 failures.append(reason)
                 if n_done == 0 and len(failures) >= MAX_FAILURES_BEFORE_SUCCESS:
@@ -449,8 +473,10 @@ def run_search(
                 continue
             attrs["trial_s"] = time.perf_counter() - t_trial
             metric, engine_latency_us = attrs["metric"], attrs["engine"]["latency_us"]
+            t_record = time.perf_counter()
             searcher.record(trial_id, attrs)
-            searcher.tell(trial_id, Outcome("completed", metric, engine_latency_us / 1000, predicted_ms - budget_ms))
+            searcher.tell(trial_id, Outcome("completed", metric, engine_latency_us / 1000, predicted_ms - budget_ms,
+                                            size_bytes=attrs["size_bytes"], overhead_s=overhead_s + time.perf_counter() - t_record))
             seen[policy.digest] = attrs
             table.add_measurement(inventory, policy, engine_latency_us)  # later predictions learn from it
             n_done += 1
@@ -573,6 +599,7 @@ def finalize_run(
         "failed": sum(1 for t in trials if t.get("status") == "failed" and not t.get("stopped_early")),
         "duplicates": sum(1 for t in trials if "duplicate_of" in t),
         "failed_verification": len(exported) - len(done),
+        "repaired": sum(1 for t in trials if "repair_of" in t and t.get("status") == "completed"),
     }
     if any(t.get("stopped_early") for t in trials):  # a Ray scheduler stopped weak fine-tunes
         counts["stopped_early"] = sum(1 for t in trials if t.get("stopped_early"))

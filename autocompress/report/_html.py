@@ -131,7 +131,8 @@ def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], 
 <div><b>Original model</b><br>{metric} <b>{base['metric']:.4f}</b>{extra}<br>latency <b>{base['latency_ms']:.3f} ms</b></div>
 <div><b>Budget</b><br><b>{summary['budget_ms']:.3f} ms</b> (<code>{html.escape(str(summary['budget']))}</code>)</div>
 <div><b>Trials</b><br>{counts.get('completed', 0)} fine-tuned, {counts.get('infeasible', 0)} rejected by the latency table,
-{counts.get('failed', 0)} failed, {counts.get('failed_verification', 0)} failed engine verification</div>
+{counts.get('failed', 0)} failed, {counts.get('failed_verification', 0)} failed engine verification;
+{counts.get('repaired', 0)} fine-tuned trials were over-budget proposals repaired to fit</div>
 </section>
 <section><h2>Front: {metric} against measured latency</h2>
 <p class="hint">Marker area is proportional to engine size. Hover a point for its numbers; click a front member to see its policy.</p>

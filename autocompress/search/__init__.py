@@ -1,8 +1,20 @@
-"""Searchers: propose policies (ask) and learn from outcomes (tell), keyed by trial id."""
+"""Searchers: propose policies (ask) and learn from outcomes (tell), keyed by trial id.
+
+Every searcher keeps its trials in one Optuna study (the run's trial store). ``make_searcher``
+builds one by name: Optuna samplers (tpe, nsga2, nsga3, gp, random, ``optuna:<Class>``) or
+the AMC-style DDPG agent (amc). ``BudgetRepair`` moves over-budget proposals within budget.
+"""
 
 from __future__ import annotations
 
-from autocompress.search._base import Outcome, Searcher
-from autocompress.search._optuna import SAMPLERS, OptunaSearcher, make_sampler
+from autocompress.search._amc import AMCConfig, AMCSearcher
+from autocompress.search._base import OBJECTIVES, Outcome, Searcher
+from autocompress.search._factory import AMC_STATE_FILE, make_searcher, searcher_names, validate_searcher_name
+from autocompress.search._optuna import SAMPLERS, OptunaSearcher, TrialStore, make_sampler, parse_objectives
+from autocompress.search._repair import BudgetRepair, ImportanceProxy, Repair, WeightL1Importance
 
-__all__ = ["SAMPLERS", "OptunaSearcher", "Outcome", "Searcher", "make_sampler"]
+__all__ = [
+    "AMC_STATE_FILE", "AMCConfig", "AMCSearcher", "BudgetRepair", "ImportanceProxy", "OBJECTIVES", "OptunaSearcher",
+    "Outcome", "Repair", "SAMPLERS", "Searcher", "TrialStore", "WeightL1Importance", "make_sampler", "make_searcher",
+    "parse_objectives", "searcher_names", "validate_searcher_name",
+]

@@ -360,7 +360,8 @@ class _TrialBook:
             attrs["trial_s"] = time.time() - launched.started
             latency_ms = attrs["engine"]["latency_us"] / 1000
             self.searcher.record(trial_id, attrs)
-            self.searcher.tell(trial_id, Outcome("completed", attrs["metric"], latency_ms, predicted_ms - self.budget_ms))
+            self.searcher.tell(trial_id, Outcome("completed", attrs["metric"], latency_ms, predicted_ms - self.budget_ms,
+                                                 size_bytes=attrs.get("size_bytes")))
             self.seen[policy.digest] = attrs
             self.on_measured(policy, attrs["engine"]["latency_us"])
             self.sweep.completed += 1
