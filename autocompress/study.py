@@ -256,6 +256,17 @@ def train_and_export(
     }
 
 
+def _stop_if_every_trial_failed(n_done: int, failures: list[str], table: LatencyTable, run_dir: Path) -> None:
+    """A run whose first candidates all fail stops with the commonest reason instead of spinning."""
+    if n_done == 0 and len(failures) >= MAX_FAILURES_BEFORE_SUCCESS:
+        table.save()
+        common, count = Counter(failures).most_common(1)[0]
+        raise UserError(
+            f"The first {len(failures)} candidates all failed ({count}x {common}); the search stopped. "
+            f"Each failure is kept with its reason in {run_dir / 'study.db'}; fix the cause and re-run to resume."
+        )
+
+
 def run_search(
     config: SearchConfig, console: Console | None = None, task: Task | None = None, ray_callbacks: tuple = (),
 ) -> RunResult:
@@ -416,13 +427,7 @@ def run_search(
             )
             n_done, proposals, failures = sweep.completed, sweep.proposals, sweep.failures
             progress.update(bar, rejected=sweep.rejected)
-            if n_done == 0 and len(failures) >= MAX_FAILURES_BEFORE_SUCCESS:
-                table.save()
-                common, count = Counter(failures).most_common(1)[0]
-                raise UserError(
-                    f"The first {len(failures)} candidates all failed ({count}x {common}); the search stopped. "
-                    f"Each failure is kept with its reason in {run_dir / 'study.db'}; fix the cause and re-run to resume."
-                )
+            _stop_if_every_trial_failed(n_done, failures, table, run_dir)
         # a queued repair is always run
         while config.ray is None and (repaired_queue or (n_done < config.trials and proposals < max_proposals)):
             proposals += 1
@@ -463,13 +468,7 @@ def run_search(
                 searcher.tell(trial_id, Outcome("failed", reason=reason, overhead_s=overhead_s))
                 console.print(f"  trial {trial_id} failed: {reason}")
                 failures.append(reason)
-                if n_done == 0 and len(failures) >= MAX_FAILURES_BEFORE_SUCCESS:
-                    table.save()
-                    common, count = Counter(failures).most_common(1)[0]
-                    raise UserError(
-                        f"The first {len(failures)} candidates all failed ({count}x {common}); the search stopped. "
-                        f"Each failure is kept with its reason in {run_dir / 'study.db'}; fix the cause and re-run to resume."
-                    ) from None
+                _stop_if_every_trial_failed(n_done, failures, table, run_dir)
                 continue
             attrs["trial_s"] = time.perf_counter() - t_trial
             metric, engine_latency_us = attrs["metric"], attrs["engine"]["latency_us"]

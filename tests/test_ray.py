@@ -162,7 +162,7 @@ def test_driver_launches_only_feasible_proposals_and_records_each_trial_once(tmp
     from autocompress.spaces import build_space
 
     space = build_space(mlp_inventory, SpaceConfig(prune_ratios=(0.0, 0.5), bits=(32, 8), rank_ratios=(1.0,)))
-    searcher = OptunaSearcher.create(space, optuna.storages.InMemoryStorage(), "autocompress", "random", 0, True)
+    searcher = OptunaSearcher.create(space, optuna.storages.InMemoryStorage(), "random", 0, True)
     layers = list(mlp_inventory.layers)
     predict = lambda p: sum(0.5 if p.bits_of(n) == 8 else 1.0 for n in layers)  # noqa: E731  within 1 ms: all int8
     shown, sweep = [], RaySweep(completed=0)

@@ -153,12 +153,12 @@ def test_interrupted_trial_whose_outcome_was_recorded_is_told_not_lost(tmp_path,
 
     space = build_space(mlp_inventory, SpaceConfig())
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    first = OptunaSearcher.create(space, storage, "autocompress", "random", 0, True)
+    first = OptunaSearcher.create(space, storage, "random", 0, True)
     done_id, _ = first.ask()
     first.record(done_id, {"metric": 0.9, "measured_ms": 1.5, "status": "completed"})  # the process dies before tell
     lost_id, _ = first.ask()  # this one dies mid fine-tune
 
-    second = OptunaSearcher.create(space, storage, "autocompress", "random", 0, True)
+    second = OptunaSearcher.create(space, storage, "random", 0, True)
     assert second.abandon_running(retry=True) == 1
     trials = {t.number: t for t in second.study.get_trials()}
     assert trials[done_id].state == optuna.trial.TrialState.COMPLETE and trials[done_id].values == [0.9, 1.5]
