@@ -416,6 +416,12 @@ def run_search(
                     f"{measured_ms:.3f} ms  ({attrs['summary']}, {attrs['trial_s']:.0f} s, node {attrs.get('ray_node', '?')[:8]})"
                 )
 
+            def ray_repair(policy: Policy) -> Any:
+                fixed = repair(policy, budget_ms * 1000, tried) if repair is not None else None
+                if fixed is not None:
+                    tried.add(fixed.policy.digest)
+                return fixed
+
             spec = WorkerSpec(resolve_task_spec(config.task), task.fingerprint, config.space, config.threads,
                               config.calibration_batches, distill_config, config.seed)
             sweep = run_ray_trials(
@@ -423,7 +429,7 @@ def run_search(
                 target=config.trials, completed=n_done, max_proposals=max_proposals,
                 max_failures_before_success=MAX_FAILURES_BEFORE_SUCCESS, seen=seen, on_completed=show,
                 on_measured=lambda p, us: table.add_measurement(inventory, p, us), higher_is_better=task.higher_is_better,
-                callbacks=ray_callbacks,
+                callbacks=ray_callbacks, repair=ray_repair,
             )
             n_done, proposals, failures = sweep.completed, sweep.proposals, sweep.failures
             progress.update(bar, rejected=sweep.rejected)

@@ -204,6 +204,37 @@ def test_driver_launches_only_feasible_proposals_and_records_each_trial_once(tmp
     assert len(list((tmp_path / "engines").glob("*.onnx"))) == 2
 
 
+
+def test_driver_repairs_over_budget_proposals_into_linked_trials(tmp_path, mlp_inventory):
+    """On Ray as locally: an over-budget proposal is told infeasible and its repair is
+    launched as its own trial, linked both ways in the trial store."""
+    from autocompress.search import OptunaSearcher
+    from autocompress.search._ray import RaySweep, _TrialBook
+    from autocompress.search._repair import Repair
+    from autocompress.spaces import build_space
+
+    space = build_space(mlp_inventory, SpaceConfig(prune_ratios=(0.0, 0.5), bits=(32, 8), rank_ratios=(1.0,)))
+    searcher = OptunaSearcher.create(space, optuna.storages.InMemoryStorage(), "random", 0, True)
+    layers = list(mlp_inventory.layers)
+    predict = lambda p: sum(0.5 if p.bits_of(n) == 8 else 1.0 for n in layers)  # noqa: E731  within 1 ms: all int8
+    all_int8 = Policy(bits={n: 8 for n in layers})
+    repairs = []
+
+    def repair(policy: Policy) -> Repair:
+        repairs.append(policy)
+        return Repair(all_int8, predict(all_int8) * 1000, 2)
+
+    searcher.enqueue(Policy())  # float32 everywhere: 3 ms predicted, over the 1 ms budget
+    book = _TrialBook(searcher, predict, 1.0, tmp_path, 1, RaySweep(completed=0), 200, 5, {}, lambda i, ms, a: None,
+                      lambda p, us: None, repair)
+    launched = book.suggest("a", finished="FINISHED")
+    assert Policy.from_dict(launched["policy"]) == all_int8 and repairs == [Policy()]
+    trials = {t.number: t for t in searcher.study.get_trials()}
+    fixed = trials[launched["trial"]]
+    original = trials[fixed.user_attrs["repair_of"]]
+    assert original.user_attrs["status"] == "infeasible" and original.user_attrs["repaired_to"] == fixed.number
+    assert fixed.user_attrs["repair_steps"] == 2 and fixed.user_attrs["predicted_ms"] <= 1.0
+
 @pytest.mark.slow
 def test_cli_local_sweep_with_early_stopping_then_resume(tmp_path):
     """`--ray-address local` starts Ray in the process; weak fine-tunes may be stopped early,

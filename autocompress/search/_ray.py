@@ -295,8 +295,10 @@ class _TrialBook:
         self, searcher: Searcher, predict_ms: Callable[[Policy], float], budget_ms: float, run_dir: Path, target: int,
         sweep: RaySweep, max_proposals: int, max_failures_before_success: int, seen: dict[str, dict],
         on_completed: Callable[[int, float, dict], None], on_measured: Callable[[Policy, float], None],
+        repair: Callable[[Policy], Any] | None = None,
     ) -> None:
         self.searcher, self.predict_ms, self.budget_ms = searcher, predict_ms, budget_ms
+        self.repair = repair  # over-budget policy -> a repair (``.policy``, ``.steps``) or None
         self.engines_dir = run_dir / "engines"
         self.target, self.sweep, self.max_proposals = target, sweep, max_proposals
         self.max_failures_before_success = max_failures_before_success
@@ -325,9 +327,21 @@ class _TrialBook:
             attrs: dict[str, Any] = {"policy": policy.to_dict(), "digest": policy.digest, "predicted_ms": predicted_ms}
             if predicted_ms > self.budget_ms:  # told on the driver: no trial, no fine-tune
                 self.sweep.rejected += 1
+                fixed = self.repair(policy) if self.repair is not None else None
+                repaired_id = None
+                if fixed is not None:  # launched as its own trial; the sampler still learns the budget from this one
+                    repaired_id = self.searcher.ask_policy(fixed.policy, {"repair_of": trial_id, "repair_steps": fixed.steps})
+                    attrs["repaired_to"] = repaired_id
                 self.searcher.record(trial_id, {**attrs, "predict_s": time.perf_counter() - t0})
                 self.searcher.tell(trial_id, Outcome("infeasible", constraint=predicted_ms - self.budget_ms))
-                continue
+                if repaired_id is None:
+                    continue
+                trial_id, policy = repaired_id, fixed.policy
+                predicted_ms = self.predict_ms(policy)
+                self.searcher.record(trial_id, {"policy": policy.to_dict(), "digest": policy.digest, "predicted_ms": predicted_ms})
+                if predicted_ms > self.budget_ms:  # the table moved since the repair: not repaired again
+                    self.searcher.tell(trial_id, Outcome("infeasible", constraint=predicted_ms - self.budget_ms))
+                    continue
             if policy.digest in self.seen:  # the sampler repeated itself: reuse, do not fine-tune again
                 prev = self.seen[policy.digest]
                 self.searcher.record(trial_id, {**attrs, "duplicate_of": prev.get("trial"), "measured_ms": prev.get("measured_ms")})
@@ -427,6 +441,7 @@ def run_ray_trials(
     on_measured: Callable[[Policy, float], None],
     higher_is_better: bool,
     callbacks: Sequence[Any] = (),
+    repair: Callable[[Policy], Any] | None = None,
 ) -> RaySweep:
     """Run trials on Ray until ``target`` fine-tunes have completed (``completed`` already
     have), proposals run out, or the first ones all fail.
@@ -435,7 +450,8 @@ def run_ray_trials(
     policy digests to completed trials' attributes (repeats are not fine-tuned again);
     ``on_completed(trial_id, predicted_ms, attrs)`` and ``on_measured(policy, latency_us)``
     are called on the driver after each completed trial is recorded. ``callbacks`` are extra
-    Ray Tune callbacks.
+    Ray Tune callbacks. ``repair(policy)`` turns an over-budget proposal into one the table
+    predicts within budget (or None), launched as its own trial linked to the proposal.
     """
     ray = _import_ray()
     from ray import tune
@@ -446,7 +462,7 @@ def run_ray_trials(
     started_here = connect(config.address)
     sweep = RaySweep(completed=completed)
     book = _TrialBook(searcher, predict_ms, budget_ms, run_dir, target, sweep, max_proposals, max_failures_before_success,
-                      seen, on_completed, on_measured)
+                      seen, on_completed, on_measured, repair)
     steps = spec.distill.steps
     scheduler: Any = FIFOScheduler()
     if config.early_stop and steps >= 4:  # the metric at each quarter of the steps; halving at the rungs
