@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 from pathlib import Path
 
 import optuna
@@ -108,43 +109,60 @@ def assert_nothing_lost(run_dir: Path, before: set[int], entries_before: int | N
     assert (run_dir / "report.html").is_file()
 
 
-def _kill_and_resume(tmp: Path, ready, how: str, pause: str = "", settle_s: float = 0.0) -> list[str]:
+class Killed(NamedTuple):
+    """What a kill interrupted: the phases entered, the trials completed by then, and
+    whether the front had already been written (the search had finished its work)."""
+
+    phases: list[str]
+    completed_before: set[int]
+    front_written: bool
+
+
+def _kill_and_resume(tmp: Path, ready, how: str, pause: str = "", settle_s: float = 0.0) -> Killed:
     run_dir = tmp / "run"
     proc = subprocess.Popen(_command(run_dir), env=_env(tmp, pause), cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     phases = _kill(proc, tmp, ready, settle_s)
     before = {t.number for t in _trials(run_dir) if t.user_attrs.get("status") == "completed"}
     entries_before = _table_entries(run_dir)
+    front_written = (run_dir / "pareto.json").is_file()
     (tmp / "phases.log").unlink(missing_ok=True)  # a kill at start-up leaves none
     rerun = _resume(run_dir, tmp, how)
     assert_nothing_lost(run_dir, before, entries_before, rerun, _killed_trial(phases))
-    return phases
+    return Killed(phases, before, front_written)
 
 
 def test_kill_during_engine_export_then_resume(tmp_path):
-    phases = _kill_and_resume(tmp_path, lambda p: "export trial 1" in p, "--resume", pause="export:30")
+    phases = _kill_and_resume(tmp_path, lambda p: "export trial 1" in p, "--resume", pause="export:30").phases
     assert phases[-1] == "export trial 1" and "export trial 0" in phases  # one trial done, one mid-export
 
 
 @pytest.mark.slow
 def test_kill_during_latency_table_building_then_rerun(tmp_path):
     # The table phase measures for seconds; the kill lands a second into it, before any save.
-    phases = _kill_and_resume(tmp_path, lambda p: p[-1:] == ["table"], "same command", settle_s=1.0)
+    phases = _kill_and_resume(tmp_path, lambda p: p[-1:] == ["table"], "same command", settle_s=1.0).phases
     assert phases[-1] == "table"  # killed inside the phase, before the table or the trial store was written
 
 
 @pytest.mark.slow
 def test_kill_during_fine_tune_then_resume(tmp_path):
-    phases = _kill_and_resume(tmp_path, lambda p: "finetune trial 1" in p, "--resume", pause="finetune:30")
+    phases = _kill_and_resume(tmp_path, lambda p: "finetune trial 1" in p, "--resume", pause="finetune:30").phases
     assert phases[-1] == "finetune trial 1"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_kill_at_a_seeded_random_moment_then_resume(tmp_path, seed):
-    delay = random.Random(seed).uniform(0.0, 25.0)  # a plain search of this task takes about 25 s here
+    # The moment is drawn over the span of one uninterrupted run of the same search, timed
+    # here: a fixed span would land after the end on a fast machine and kill nothing.
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    t0 = time.monotonic()
+    subprocess.run(_command(reference / "run"), env=_env(reference), cwd=reference, capture_output=True, timeout=600, check=True)
+    delay = random.Random(seed).uniform(0.05, 0.95) * (time.monotonic() - t0)
     started = time.monotonic()
-    _kill_and_resume(tmp_path, lambda p: time.monotonic() - started >= delay, "same command")
-
+    killed = _kill_and_resume(tmp_path, lambda p: time.monotonic() - started >= delay, "same command")
+    # The kill cut a search short, so the resumed run's checks are about a real interruption.
+    assert not killed.front_written and killed.phases[-1:] != ["done"], killed
 
 def test_interrupted_trial_whose_outcome_was_recorded_is_told_not_lost(tmp_path, mlp_inventory):
     """A kill between recording a trial's outcome and telling Optuna keeps the trial."""
