@@ -244,7 +244,7 @@ def _console():
 
 def _report(args: argparse.Namespace) -> int:
     from autocompress._io import read_json
-    from autocompress.latency_lut import Measurable, make_backend
+    from autocompress.latency_lut import Measurable, backend_for_profile
     from autocompress.study import finalize_run
 
     run_dir = Path(args.run_dir)
@@ -257,8 +257,7 @@ def _report(args: argparse.Namespace) -> int:
 
     task = load_task(manifest["task_spec"])
     profile = manifest["profile"]
-    backend = make_backend(profile.get("backend", "onnxruntime-cpu"), threads=profile["threads"],
-                           batch_size=int(task.example_inputs[0].shape[0]))
+    backend = backend_for_profile(profile, int(task.example_inputs[0].shape[0]))
     original = Measurable.from_module(task.model, task.example_inputs, dynamic_batch=True)
     finalize_run(run_dir, manifest["metric_name"], _console(), backend, original)
     return _serve(run_dir, args.host, args.port) if args.serve else 0

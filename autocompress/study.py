@@ -384,6 +384,13 @@ def run_search(
     tried = {t.user_attrs["digest"] for t in searcher.study.get_trials(deepcopy=False)
              if t.user_attrs.get("status") in ("completed", "failed") and "digest" in t.user_attrs}
     repaired_queue: list[tuple[int, Policy]] = []  # repaired proposals, evaluated next as their own trials
+
+    def repair_proposal(policy: Policy) -> Any:
+        """The repair of an over-budget proposal (or None); a policy is repaired into once."""
+        fixed = repair(policy, budget_ms * 1000, tried) if repair is not None else None
+        if fixed is not None:
+            tried.add(fixed.policy.digest)
+        return fixed
     if completed:
         console.print(f"Resuming: {len(completed)} completed trial(s) kept.")
     sign = 1.0 if task.higher_is_better else -1.0
@@ -402,34 +409,31 @@ def run_search(
     failures: list[str] = []
     with progress:
         bar = progress.add_task("search", total=config.trials, completed=n_done, best="-", rejected=0)
+
+        def show_completed(trial_id: int, predicted_ms: float, attrs: dict) -> None:
+            """Progress and one line for a fine-tuned trial, local or on Ray."""
+            nonlocal best
+            metric, measured_ms, engine = attrs["metric"], attrs["engine"]["latency_us"] / 1000, attrs["engine"]
+            if measured_ms <= budget_ms * BUDGET_NOISE and (best is None or sign * metric > best):
+                best = sign * metric
+            progress.update(bar, advance=1, best=f"{sign * best:.4f}" if best is not None else "-")
+            where = f", node {attrs['ray_node'][:8]}" if attrs.get("ray_node") else ""
+            flag = "" if engine["ok"] else f" [red]engine check failed: {'; '.join(engine['problems'])}[/]"
+            console.print(
+                f"  trial {trial_id:>3}: {task.metric_name} {metric:.4f}  predicted {predicted_ms:.3f} ms  "
+                f"measured {measured_ms:.3f} ms  ({attrs['summary']}, {attrs['trial_s']:.0f} s{where}){flag}"
+            )
         if config.ray is not None:  # the same trials as Ray Tune trials; this process records them all
             from autocompress.search._ray import WorkerSpec, resolve_task_spec, run_ray_trials
-
-            def show(trial_id: int, predicted_ms: float, attrs: dict) -> None:
-                nonlocal best
-                metric, measured_ms = attrs["metric"], attrs["engine"]["latency_us"] / 1000
-                if measured_ms <= budget_ms * BUDGET_NOISE and (best is None or sign * metric > best):
-                    best = sign * metric
-                progress.update(bar, advance=1, best=f"{sign * best:.4f}" if best is not None else "-")
-                console.print(
-                    f"  trial {trial_id:>3}: {task.metric_name} {metric:.4f}  predicted {predicted_ms:.3f} ms  measured "
-                    f"{measured_ms:.3f} ms  ({attrs['summary']}, {attrs['trial_s']:.0f} s, node {attrs.get('ray_node', '?')[:8]})"
-                )
-
-            def ray_repair(policy: Policy) -> Any:
-                fixed = repair(policy, budget_ms * 1000, tried) if repair is not None else None
-                if fixed is not None:
-                    tried.add(fixed.policy.digest)
-                return fixed
 
             spec = WorkerSpec(resolve_task_spec(config.task), task.fingerprint, config.space, config.threads,
                               config.calibration_batches, distill_config, config.seed)
             sweep = run_ray_trials(
                 config.ray, searcher, lambda p: table.predict_us(inventory, p) / 1000, budget_ms, spec, run_dir,
                 target=config.trials, completed=n_done, max_proposals=max_proposals,
-                max_failures_before_success=MAX_FAILURES_BEFORE_SUCCESS, seen=seen, on_completed=show,
+                max_failures_before_success=MAX_FAILURES_BEFORE_SUCCESS, seen=seen, on_completed=show_completed,
                 on_measured=lambda p, us: table.add_measurement(inventory, p, us), higher_is_better=task.higher_is_better,
-                callbacks=ray_callbacks, repair=ray_repair,
+                callbacks=ray_callbacks, repair=repair_proposal,
             )
             n_done, proposals, failures = sweep.completed, sweep.proposals, sweep.failures
             progress.update(bar, rejected=sweep.rejected)
@@ -448,11 +452,10 @@ def run_search(
             if predicted_ms > budget_ms:
                 rejected += 1
                 # A repair that no longer fits (the table moved meanwhile) is not repaired again.
-                fixed = repair(policy, budget_ms * 1000, tried) if repair is not None and not is_repair else None
+                fixed = repair_proposal(policy) if not is_repair else None
                 if fixed is not None:  # evaluated next as its own trial; the sampler still learns the budget from this one
                     repaired_id = searcher.ask_policy(fixed.policy, {"repair_of": trial_id, "repair_steps": fixed.steps})
                     repaired_queue.append((repaired_id, fixed.policy))
-                    tried.add(fixed.policy.digest)
                     attrs["repaired_to"] = repaired_id
                 searcher.record(trial_id, {**attrs, "predict_s": time.perf_counter() - t_trial})
                 searcher.tell(trial_id, Outcome("infeasible", constraint=predicted_ms - budget_ms, overhead_s=time.perf_counter() - t_trial))
@@ -485,15 +488,7 @@ def run_search(
             seen[policy.digest] = attrs
             table.add_measurement(inventory, policy, engine_latency_us)  # later predictions learn from it
             n_done += 1
-            if engine_latency_us / 1000 <= budget_ms * BUDGET_NOISE and (best is None or sign * metric > best):
-                best = sign * metric
-            progress.update(bar, advance=1, best=f"{sign * best:.4f}" if best is not None else "-")
-            engine = attrs["engine"]
-            flag = "" if engine["ok"] else f" [red]engine check failed: {'; '.join(engine['problems'])}[/]"
-            console.print(
-                f"  trial {trial_id:>3}: {task.metric_name} {metric:.4f}  predicted {predicted_ms:.3f} ms  "
-                f"measured {engine_latency_us / 1000:.3f} ms  ({attrs['summary']}, {attrs['trial_s']:.0f} s){flag}"
-            )
+            show_completed(trial_id, predicted_ms, attrs)
     table.save()
     if n_done < config.trials:
         console.print(
@@ -569,8 +564,8 @@ def _write_member_sidecar(run_dir: Path, manifest: dict, member: dict) -> Path |
         "int8_layers": engine.get("int8_layers"), "latency_ms": member["measured_ms"],
         "first_latency_ms": member.get("first_measured_ms"), "predicted_ms": member["predicted_ms"],
         "speedup_vs_original_same_round": member.get("speedup"),
-        "latency_method": (f"ONNX Runtime CPU, {manifest['profile'].get('threads', 1)} thread(s), median over 5 rounds "
-                           "interleaved with the original model (the latency table's backend)"),
+        "latency_method": (f"{manifest['profile'].get('backend', DEFAULT_BACKEND)}, {manifest['profile'].get('threads', 1)} "
+                           "thread(s), median over 5 rounds interleaved with the original model (the latency table's backend)"),
         "runtime_metric": engine.get("runtime_metric"), "runtime_extra_metrics": engine.get("runtime_extra_metrics", {}),
         "ok": member["verified"], "problems": member["problems"],
     }

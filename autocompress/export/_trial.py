@@ -74,7 +74,7 @@ def export_trial(
     from autocompress.evaluators import DistillConfig, distill, evaluate
     from autocompress.export._onnx import export_engine
     from autocompress.inventory import build_inventory
-    from autocompress.latency_lut import OrtCpuBackend
+    from autocompress.latency_lut import backend_for_profile
     from autocompress.spaces import SpaceConfig
     from autocompress.study import _versions
     from autocompress.task import as_input_tuple, load_task
@@ -132,7 +132,8 @@ def export_trial(
                         final_loss=losses[-1] if losses else None, seconds=time.perf_counter() - t0)
 
     out = Path(out_dir) if out_dir is not None else run_dir / "exports"
-    backend = OrtCpuBackend(threads=manifest["profile"].get("threads", 1))
+    profile = manifest["profile"]
+    backend = backend_for_profile(profile, int(task.example_inputs[0].shape[0]))  # timed as the search timed it
     onnx_path = out / f"trial-{trial:04d}{_SUFFIX[fmt] if fmt != 'tensorrt' else '.trt.onnx'}"
     check_batches = [next(iter(task.eval_loader))]
     engine = export_engine(candidate, task.example_inputs, onnx_path, backend, check_batches, task.metric, task.eval_loader,
@@ -143,7 +144,7 @@ def export_trial(
         "integer_nodes": engine.integer_nodes, "int8_layers": engine.int8_layers,
         "latency_ms": engine.latency_us / 1000, "latency_p10_ms": engine.latency_p10_us / 1000,
         "latency_p90_ms": engine.latency_p90_us / 1000,
-        "latency_method": f"ONNX Runtime CPU, {backend.threads} thread(s), median of timed runs (the latency table's backend)",
+        "latency_method": f"{backend.name}, {profile.get('threads', 1)} thread(s), median of timed runs (the latency table's backend)",
         "runtime_metric": engine.runtime_metric, "runtime_extra_metrics": engine.runtime_extra_metrics,
         "ok": engine.ok, "problems": list(engine.problems),
     }

@@ -11,7 +11,9 @@ from autocompress.latency_lut._backend import (
     cpu_description,
     profile_id,
 )
-from autocompress.latency_lut._factory import BACKENDS, DEFAULT_BACKEND, backend_missing, check_backend_name, make_backend
+from autocompress.latency_lut._factory import (
+    BACKENDS, DEFAULT_BACKEND, backend_for_profile, backend_missing, check_backend_name, make_backend,
+)
 from autocompress.latency_lut._onnx import OPSET, feeds_for, input_names, to_onnx_bytes
 from autocompress.latency_lut._ort import OrtBackend, OrtCpuBackend, OrtCudaBackend, OrtTensorrtBackend
 from autocompress.latency_lut._table import Calibration, LatencyTable, LayerChoiceShape, effective_layers
@@ -46,6 +48,7 @@ __all__ = [
     "feeds_for",
     "fidelity",
     "input_names",
+    "backend_for_profile",
     "make_backend",
     "profile_id",
     "to_onnx_bytes",

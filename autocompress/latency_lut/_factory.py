@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from autocompress.errors import UserError
 from autocompress.latency_lut._backend import LatencyBackend, Timing
@@ -10,7 +10,7 @@ from autocompress.latency_lut._ort import OrtCpuBackend, OrtCudaBackend, OrtTens
 from autocompress.latency_lut._tensorrt import TensorRTBackend, tensorrt_missing
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend, torch_cuda_missing
 
-__all__ = ["BACKENDS", "DEFAULT_BACKEND", "backend_missing", "check_backend_name", "make_backend"]
+__all__ = ["BACKENDS", "DEFAULT_BACKEND", "backend_for_profile", "backend_missing", "check_backend_name", "make_backend"]
 
 DEFAULT_BACKEND = "onnxruntime-cpu"
 BACKENDS: dict[str, type[LatencyBackend]] = {
@@ -70,3 +70,9 @@ def make_backend(name: str = DEFAULT_BACKEND, threads: int = 1, device: int = 0,
         raise UserError(f"The {name} latency backend cannot run here: {missing}.")
     return BACKENDS[name](threads=threads, warmup=timing.warmup, min_runs=timing.min_runs, min_time_s=timing.min_time_s,
                           max_runs=timing.max_runs, batch_size=batch_size, device=device)
+
+
+def backend_for_profile(profile: Mapping[str, Any], batch_size: int) -> LatencyBackend:
+    """The backend that measured a run whose target profile is ``profile`` (its name and
+    threads), so later timings of that run are taken the same way."""
+    return make_backend(profile.get("backend", DEFAULT_BACKEND), threads=int(profile.get("threads", 1)), batch_size=batch_size)
