@@ -16,7 +16,7 @@ from autocompress.compress import DynamicQuantLinear, HalfPrecision, Int4Linear,
 from autocompress.latency_lut import LatencyBackend, Measurable, OrtBackend, OrtCpuBackend, feeds_for, to_onnx_bytes
 from autocompress.task import as_input_tuple
 
-__all__ = ["INTEGER_OPS", "Engine", "export_engine", "optimized_op_counts"]
+__all__ = ["INTEGER_OPS", "Engine", "Parity", "compare_outputs", "export_engine", "optimized_op_counts"]
 
 INTEGER_OPS = ("QLinearConv", "ConvInteger", "QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "MatMulNBits", "DynamicQuantizeMatMul")
 # A float engine must match PyTorch to float rounding; a float16 one to half-precision
@@ -76,6 +76,35 @@ def _int8_layer_count(model: nn.Module) -> int:
     return sum(isinstance(m, (QuantConv2d, QuantLinear, DynamicQuantLinear, Int4Linear)) for m in model.modules())
 
 
+@dataclass(frozen=True)
+class Parity:
+    """An engine's outputs against the PyTorch model's on the same inputs: the largest
+    absolute difference, that over the largest PyTorch output, the mean cosine similarity
+    of the outputs of each input, and top-1 agreement where the outputs are class scores."""
+
+    max_abs_error: float
+    relative_error: float
+    output_cosine: float
+    top1_agreement: float | None
+
+
+def compare_outputs(model: nn.Module, run_engine: Callable[..., torch.Tensor], inputs_list: Iterable[tuple]) -> Parity:
+    """Run ``model`` and the engine (``run_engine(*inputs)``) on every input tuple; compare."""
+    max_abs, ref_max, agree, total, cosines = 0.0, 0.0, 0, 0, []
+    with torch.no_grad():
+        for inputs in inputs_list:
+            ref = model(*inputs)
+            ref = ref[0] if isinstance(ref, (tuple, list)) else ref
+            got = run_engine(*inputs)
+            max_abs = max(max_abs, float((got - ref).abs().max()))
+            ref_max = max(ref_max, float(ref.abs().max()))
+            cosines.append(torch.nn.functional.cosine_similarity(got.flatten(1).double(), ref.flatten(1).double(), dim=1))
+            if ref.dim() == 2 and ref.shape[1] > 1:
+                agree += int((got.argmax(1) == ref.argmax(1)).sum())
+                total += ref.shape[0]
+    return Parity(max_abs, max_abs / max(ref_max, 1e-12), float(torch.cat(cosines).mean()), agree / total if total else None)
+
+
 def export_engine(
     model: nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
@@ -104,26 +133,15 @@ def export_engine(
 
     # Parity on held-out inputs.
     inputs_list = [as_input_tuple(b[0]) for b in (check_batches or [])] or [example_inputs]
-    max_abs, ref_max, agree, total, cosines = 0.0, 0.0, 0, 0, []
-    with torch.no_grad():
-        for inputs in inputs_list:
-            ref = model(*inputs)
-            ref = ref[0] if isinstance(ref, (tuple, list)) else ref
-            got = ort_run(*inputs)
-            max_abs = max(max_abs, float((got - ref).abs().max()))
-            ref_max = max(ref_max, float(ref.abs().max()))
-            cosines.append(torch.nn.functional.cosine_similarity(got.flatten(1).double(), ref.flatten(1).double(), dim=1))
-            if ref.dim() == 2 and ref.shape[1] > 1:
-                agree += int((got.argmax(1) == ref.argmax(1)).sum())
-                total += ref.shape[0]
-    rel = max_abs / max(ref_max, 1e-12)
+    parity = compare_outputs(model, ort_run, inputs_list)
+    max_abs, rel = parity.max_abs_error, parity.relative_error
     half = any(isinstance(m, HalfPrecision) for m in model.modules())
     runtime_quant = any(isinstance(m, (DynamicQuantLinear, Int4Linear)) for m in model.modules())
     tolerance = (RUNTIME_QUANT_TOLERANCE if runtime_quant else INT8_TOLERANCE if int8_layers
                  else FP16_TOLERANCE if half else FP32_TOLERANCE)
     if rel > tolerance:
         problems.append(f"outputs differ from PyTorch by {rel:.3g} (relative), over the tolerance {tolerance}")
-    output_cosine = float(torch.cat(cosines).mean())
+    output_cosine = parity.output_cosine
     if int8_layers and output_cosine < MIN_OUTPUT_COSINE:
         problems.append(f"outputs point away from PyTorch's (mean cosine {output_cosine:.4f} < {MIN_OUTPUT_COSINE})")
 
@@ -152,7 +170,7 @@ def export_engine(
         max_abs_error=max_abs,
         relative_error=rel,
         tolerance=tolerance,
-        top1_agreement=(agree / total) if total else None,
+        top1_agreement=parity.top1_agreement,
         output_cosine=output_cosine,
         int8_layers=int8_layers,
         integer_nodes=counts,

@@ -239,6 +239,7 @@ def build_and_verify(
     ``plan_path``, load it back, compare it with ``candidate`` and time it."""
     import numpy as np
 
+    from autocompress.export._onnx import compare_outputs
     from autocompress.task import as_input_tuple
 
     trt = require_tensorrt()
@@ -250,16 +251,8 @@ def build_and_verify(
     atomic_write_bytes(plan_path, plan)
     runner = _Runner(trt, Path(plan_path).read_bytes())
 
-    max_abs, ref_max, cosines = 0.0, 0.0, []
-    with torch.no_grad():
-        for inputs in batches:
-            ref = candidate(*inputs)
-            ref = ref[0] if isinstance(ref, (tuple, list)) else ref
-            got = runner(*inputs)
-            max_abs = max(max_abs, float((got - ref).abs().max()))
-            ref_max = max(ref_max, float(ref.abs().max()))
-            cosines.append(torch.nn.functional.cosine_similarity(got.flatten(1).double(), ref.flatten(1).double(), dim=1))
-    rel = max_abs / max(ref_max, 1e-12)
+    parity = compare_outputs(candidate, runner, batches)
+    max_abs, rel = parity.max_abs_error, parity.relative_error
     tolerance = (TENSORRT_INT8_TOLERANCE if prepared.has_qdq else TENSORRT_FP16_TOLERANCE if prepared.has_fp16
                  else TENSORRT_FP32_TOLERANCE)
     problems = [f"outputs differ from PyTorch by {rel:.3g} (relative), over the tolerance {tolerance}"] if rel > tolerance else []
@@ -270,7 +263,7 @@ def build_and_verify(
         runtime_metric = float(metric(outs, torch.cat([y for _, y in eval_batches])))
     return TensorRTEngine(
         path=str(plan_path), size_bytes=len(plan), sha256=hashlib.sha256(plan).hexdigest(), tolerance=tolerance,
-        relative_error=rel, max_abs_error=max_abs, output_cosine=float(torch.cat(cosines).mean()),
+        relative_error=rel, max_abs_error=max_abs, output_cosine=parity.output_cosine,
         latency_ms=float(np.median(times)), latency_p10_ms=float(np.percentile(times, 10)),
         latency_p90_ms=float(np.percentile(times, 90)), runtime_metric=runtime_metric,
         node_precisions=prepared.node_precisions, ok=not problems, problems=tuple(problems),
