@@ -43,6 +43,8 @@ def _target_and_space_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune-ratios", type=_floats, default=None, help="e.g. 0,0.25,0.5,0.75")
     p.add_argument("--bits", type=_ints, default=None, help="bit widths from 32,16,8,4 (default 32,8,4; 4-bit weights apply to Linear layers)")
     p.add_argument("--rank-ratios", type=_floats, default=None, help="e.g. 1,0.5,0.25")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="rows per call on the target (default: the task's example inputs, 1 for the built-in tasks)")
     p.add_argument("--importance", choices=("l1", "l2", "taylor"), default=None,
                    help="which channels pruning removes: weight magnitude (l1, default; l2) or first-order Taylor on data")
 
@@ -142,7 +144,7 @@ _RECORDED_OPTIONS = {
     "bits": ("space", "bits"), "rank_ratios": ("space", "rank_ratios"), "importance": ("space", "importance"),
     "no_shared_table": ("share_table",), "allow_other_profile": ("allow_other_profile",), "backend": ("backend",),
     "final_finetune": ("final_finetune",), "ray_address": ("ray", "address"), "workers": ("ray", "workers"),
-    "ray_max_failures": ("ray", "max_failures"), "early_stop": ("ray", "early_stop"),
+    "ray_max_failures": ("ray", "max_failures"), "early_stop": ("ray", "early_stop"), "batch_size": ("batch_size",),
 }
 
 
@@ -228,7 +230,7 @@ def _search(args: argparse.Namespace) -> int:
         objectives=tuple(args.objectives.split(",")), repair=args.repair,
         space=space, lr_given=args.lr is not None, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
         final_finetune=args.final_finetune,
-        backend=args.backend,
+        backend=args.backend, batch_size=args.batch_size,
         ray=ray,
     )
     run_search(config, console=_console())
@@ -255,7 +257,7 @@ def _report(args: argparse.Namespace) -> int:
     manifest = read_json(run_dir / "run.json")
     from autocompress.task import load_task
 
-    task = load_task(manifest["task_spec"])
+    task = load_task(manifest["task_spec"], manifest["config"].get("batch_size", 0))
     profile = manifest["profile"]
     backend = backend_for_profile(profile, int(task.example_inputs[0].shape[0]))
     original = Measurable.from_module(task.model, task.example_inputs, dynamic_batch=True)
@@ -340,7 +342,7 @@ def _lut(args: argparse.Namespace) -> int:
         return _lut_show(_table_path(args, args.batch_size), console)
     if args.lut_command == "validate" and args.samples < 1:
         raise UserError(f"--samples must be at least 1, but got {args.samples}.")
-    task = load_task(args.task)
+    task = load_task(args.task, args.batch_size)
     path = _table_path(args, int(task.example_inputs[0].shape[0]))
     bench = open_workbench(task, _space_config(args), args.threads, path, shared_table=False, backend=args.backend)
     table = bench.table

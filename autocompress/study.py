@@ -64,6 +64,7 @@ class SearchConfig:
     share_table: bool = True
     allow_other_profile: bool = False
     backend: str = DEFAULT_BACKEND  # latency backend of the target (latency_lut.BACKENDS)
+    batch_size: int = 0  # rows per call on the target; 0 keeps the task's example inputs
     lr_given: bool = False  # distill.lr was set by the user; otherwise the task's own rate applies
     final_finetune: int = 0  # extra distillation steps for each front member before its final export
     ray: RayConfig | None = None  # run the trials as Ray Tune trials on a Ray cluster
@@ -78,6 +79,8 @@ class SearchConfig:
         if self.final_finetune < 0:
             raise UserError(f"--final-finetune must be at least 0, but got {self.final_finetune}.")
         check_backend_name(self.backend)
+        if self.batch_size < 0:
+            raise UserError(f"--batch-size must be at least 1, but got {self.batch_size}.")
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchConfig":
@@ -209,6 +212,11 @@ def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | No
             "choose a new --run-dir to start a new search."
         )
     if previous.get("config", {}).get("latency_budget") != config.latency_budget:
+    if previous.get("config", {}).get("batch_size", 0) != config.batch_size:
+        raise UserError(
+            f"Run directory {str(run_dir)!r} was searched at --batch-size {previous['config'].get('batch_size', 0) or 'of the task'}, "
+            f"not {config.batch_size or 'of the task'}; use a new --run-dir for another batch size."
+        )
         raise UserError(
             f"Run directory {str(run_dir)!r} was searched with budget {previous['config'].get('latency_budget')!r}, "
             f"not {config.latency_budget!r}; use a new --run-dir for another budget."
@@ -283,7 +291,7 @@ def run_search(
     torch.manual_seed(config.seed)
 
     # 1. Task, inventory, space, target.
-    task = task or load_task(config.task)
+    task = (task or load_task(config.task)).at_batch(config.batch_size)
     previous = _check_run_dir(run_dir, task, config)
     distill_config = task_distill_config(task, config)
     bench = open_workbench(
@@ -427,7 +435,7 @@ def run_search(
             from autocompress.search._ray import WorkerSpec, resolve_task_spec, run_ray_trials
 
             spec = WorkerSpec(resolve_task_spec(config.task), task.fingerprint, config.space, config.threads,
-                              config.calibration_batches, distill_config, config.seed)
+                              config.calibration_batches, distill_config, config.seed, batch_size=config.batch_size)
             sweep = run_ray_trials(
                 config.ray, searcher, lambda p: table.predict_us(inventory, p) / 1000, budget_ms, spec, run_dir,
                 target=config.trials, completed=n_done, max_proposals=max_proposals,

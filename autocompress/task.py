@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -91,6 +91,16 @@ class Task:
             )
         self.model.eval()
 
+    def at_batch(self, batch_size: int) -> "Task":
+        """This task deployed at ``batch_size`` rows per call: its example inputs' first row
+        repeated (latency depends on the shapes, not the values). 0 keeps the task's own."""
+        if batch_size == 0 or batch_size == int(self.example_inputs[0].shape[0]):
+            return self
+        if batch_size < 0:
+            raise UserError(f"--batch-size must be at least 1, but got {batch_size}.")
+        rows = tuple(t[:1].expand(batch_size, *t.shape[1:]).contiguous() for t in self.example_inputs)
+        return replace(self, example_inputs=rows)
+
 
 def as_input_tuple(inputs: object) -> tuple:
     """Normalise model inputs to a tuple (a single Tensor becomes a 1-tuple)."""
@@ -116,12 +126,16 @@ def _builtin_minilm(**kwargs: object) -> Task:
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {"demo": _builtin_demo, "minilm": _builtin_minilm}
 
 
-def load_task(spec: str) -> Task:
-    """Build the task named by ``spec``.
+def load_task(spec: str, batch_size: int = 0) -> Task:
+    """Build the task named by ``spec``, deployed at ``batch_size`` (0: the task's own).
 
     ``spec`` is a built-in name (see :data:`BUILTIN_TASKS`), ``path/to/file.py:function``
     or ``package.module:function``; the function is called without arguments.
     """
+    return _build_task(spec).at_batch(batch_size)
+
+
+def _build_task(spec: str) -> Task:
     if spec in BUILTIN_TASKS:
         return BUILTIN_TASKS[spec]()
     if ":" not in spec:

@@ -127,3 +127,23 @@ def test_task_from_a_module_path(tmp_path, monkeypatch):
     assert task.name == "tiny"
     assert task.example_inputs[0].shape == (1, 4)  # a single tensor becomes a 1-tuple
     assert not task.model.training
+
+
+def test_batch_size_is_part_of_the_target(tmp_path, digits_task):
+    """--batch-size deploys the task at N rows: the table, baseline and engines are timed at
+    that batch, the run records it, and a resume at another batch is refused."""
+    from autocompress.errors import UserError
+
+    at8 = digits_task.at_batch(8)
+    assert at8.example_inputs[0].shape[0] == 8 and digits_task.example_inputs[0].shape[0] == 1
+    assert digits_task.at_batch(0) is digits_task
+    run_dir = tmp_path / "b8"
+    run_search(_config(run_dir, "0.9x", trials=1, batch_size=8), task=digits_task)
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["profile"]["batch_size"] == 8 and manifest["config"]["batch_size"] == 8
+    table = json.loads((run_dir / "latency_table.json").read_text())
+    assert table["profile"]["batch_size"] == 8
+    with pytest.raises(UserError, match="batch-size"):
+        run_search(_config(run_dir, "0.9x", trials=1), task=digits_task)
+    with pytest.raises(UserError, match="batch-size must be at least 1"):
+        _config(tmp_path / "neg", "0.9x", batch_size=-1)

@@ -99,8 +99,8 @@ def export_trial(
             "export a front member (`autocompress runs show`)."
         )
 
-    task = load_task(manifest["task_spec"])
     config = manifest["config"]
+    task = load_task(manifest["task_spec"], config.get("batch_size", 0))
     space = config["space"]
     space_config = SpaceConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in space.items()})
     inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)

@@ -156,6 +156,7 @@ class WorkerSpec:
     distill: DistillConfig
     seed: int
     evaluate_every: int = 0
+    batch_size: int = 0  # rows per call on the target (SearchConfig.batch_size)
 
 
 def resolve_task_spec(spec: str) -> str:
@@ -177,7 +178,7 @@ def _worker_state(spec: WorkerSpec) -> tuple[Any, list]:
         from autocompress.study import open_workbench
         from autocompress.task import load_task
 
-        task = load_task(spec.task_spec)
+        task = load_task(spec.task_spec, spec.batch_size)
         if task.fingerprint != spec.task_fingerprint:
             raise RuntimeError(
                 f"task {spec.task_spec!r} built on this node has fingerprint {task.fingerprint!r}, "
