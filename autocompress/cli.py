@@ -19,6 +19,10 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -39,12 +43,14 @@ def _backend_option(p: argparse.ArgumentParser) -> None:
 
 def _target_and_space_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1, help="threads of the target (ONNX Runtime intra-op, or PyTorch)")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="rows per call on the target (default: the task's example inputs, 1 for the built-in tasks)")
     _backend_option(p)
     p.add_argument("--prune-ratios", type=_floats, default=None, help="e.g. 0,0.25,0.5,0.75")
     p.add_argument("--bits", type=_ints, default=None, help="bit widths from 32,16,8,4 (default 32,8,4; 4-bit weights apply to Linear layers)")
     p.add_argument("--rank-ratios", type=_floats, default=None, help="e.g. 1,0.5,0.25")
-    p.add_argument("--batch-size", type=int, default=0,
-                   help="rows per call on the target (default: the task's example inputs, 1 for the built-in tasks)")
+    p.add_argument("--decompositions", type=_names, default=None,
+                   help="how factorized kxk convs are split: svd (spatial SVD, default), tucker2 (1x1, kxk, 1x1), or svd,tucker2 to search both")
     p.add_argument("--importance", choices=("l1", "l2", "taylor"), default=None,
                    help="which channels pruning removes: weight magnitude (l1, default; l2) or first-order Taylor on data")
 
@@ -129,7 +135,8 @@ def _space_config(args: argparse.Namespace):
     from autocompress.spaces import SpaceConfig
 
     kwargs = {k: v for k, v in {"prune_ratios": args.prune_ratios, "bits": args.bits, "rank_ratios": args.rank_ratios,
-                                "importance": getattr(args, "importance", None)}.items() if v is not None}
+                                "importance": getattr(args, "importance", None),
+                                "decompositions": getattr(args, "decompositions", None)}.items() if v is not None}
     try:
         return SpaceConfig(**kwargs)
     except ValueError as exc:
@@ -142,6 +149,7 @@ _RECORDED_OPTIONS = {
     "distill_steps": ("distill", "steps"), "temperature": ("distill", "temperature"), "lr": ("distill", "lr"),
     "feature_weight": ("distill", "feature_weight"), "threads": ("threads",), "prune_ratios": ("space", "prune_ratios"),
     "bits": ("space", "bits"), "rank_ratios": ("space", "rank_ratios"), "importance": ("space", "importance"),
+    "decompositions": ("space", "decompositions"),
     "no_shared_table": ("share_table",), "allow_other_profile": ("allow_other_profile",), "backend": ("backend",),
     "final_finetune": ("final_finetune",), "ray_address": ("ray", "address"), "workers": ("ray", "workers"),
     "ray_max_failures": ("ray", "max_failures"), "early_stop": ("ray", "early_stop"), "batch_size": ("batch_size",),

@@ -195,7 +195,8 @@ def _summarize_policy(policy: Policy, n_layers: int) -> str:
     bits = ", ".join(f"{name} {counts[b]}/{n_layers}" for b, name in ((8, "int8"), (4, "int4"), (16, "fp16")) if counts[b])
     pruned = [r for r in policy.prune.values() if r > 0]
     mean = (sum(pruned) / len(pruned)) if pruned else 0.0
-    return f"{bits or 'fp32'}, prune {len(pruned)}g~{mean:.0%}, rank {len(policy.rank)}"
+    tucker = f" (tucker2 {len(policy.decomp)})" if policy.decomp else ""
+    return f"{bits or 'fp32'}, prune {len(pruned)}g~{mean:.0%}, rank {len(policy.rank)}{tucker}"
 
 
 def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | None:
@@ -211,12 +212,12 @@ def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | No
             f"Run directory {str(run_dir)!r} holds a run of task {previous.get('task')!r} with other weights or data; "
             "choose a new --run-dir to start a new search."
         )
-    if previous.get("config", {}).get("latency_budget") != config.latency_budget:
     if previous.get("config", {}).get("batch_size", 0) != config.batch_size:
         raise UserError(
             f"Run directory {str(run_dir)!r} was searched at --batch-size {previous['config'].get('batch_size', 0) or 'of the task'}, "
             f"not {config.batch_size or 'of the task'}; use a new --run-dir for another batch size."
         )
+    if previous.get("config", {}).get("latency_budget") != config.latency_budget:
         raise UserError(
             f"Run directory {str(run_dir)!r} was searched with budget {previous['config'].get('latency_budget')!r}, "
             f"not {config.latency_budget!r}; use a new --run-dir for another budget."

@@ -58,14 +58,17 @@ def test_random_policies_build_shrink_and_export(arch, tmp_path):
     model = _model(arch)
     x = _inputs(arch, 1, 2)
     inv = build_inventory(model, x)
-    space = build_space(inv, SpaceConfig(channel_multiple=MULTIPLE))
+    space = build_space(inv, SpaceConfig(channel_multiple=MULTIPLE, decompositions=("svd", "tucker2")))
     assert any(n.startswith("prune/") for n in space.domains), "every family has prunable groups"
+    extreme = space.to_params(space.extreme())
+    tucker = space.from_params({**extreme, **{n: "tucker2" for n in space.domains if n.startswith("decomp/")}})
     backend = OrtCpuBackend(threads=1, warmup=1, min_runs=3, min_time_s=0.0)
     rng = random.Random(0)
     full_params = sum(p.numel() for p in model.parameters())
     calib = [_inputs(arch, 16, 3)]
     check = [(_inputs(arch, 32, 4), None)]
-    for i, policy in enumerate([space.extreme()] + [space.sample(rng) for _ in range(2)]):
+    policies = [space.extreme()] + ([tucker] if tucker.decomp else []) + [space.sample(rng) for _ in range(2)]
+    for i, policy in enumerate(policies):
         student = compress.apply(model, inv, policy, x, calib, channel_multiple=MULTIPLE)
         out = student(*x)
         assert out.shape == model(*x).shape and torch.isfinite(out).all()
@@ -73,6 +76,9 @@ def test_random_policies_build_shrink_and_export(arch, tmp_path):
             assert sum(p.numel() for p in student.parameters()) < full_params
 
         modules = dict(student.named_modules())
+        for name in policy.decomp:  # Tucker-2: 1x1, kxk, 1x1 in place of the layer
+            kernels = [m.kernel_size for n, m in modules.items() if n.startswith(name + ".") and isinstance(m, nn.Conv2d)]
+            assert len(kernels) == 3 and kernels[0] == kernels[2] == (1, 1), (name, kernels)
         # Coupled layers keep equal channel counts, and the table sees the shapes the candidate has.
         for group in inv.prunable_groups():
             widths = {modules[n].out_channels if isinstance(modules[n], nn.Conv2d) else modules[n].out_features

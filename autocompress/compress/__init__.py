@@ -19,7 +19,7 @@ import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from autocompress.compress._lowrank import LowRankConv2d, LowRankLinear, factorize, spatial_svd_matrix, tucker2
+from autocompress.compress._lowrank import LowRankConv2d, LowRankLinear, TuckerConv2d, factorize, spatial_svd_matrix, tucker2
 from autocompress.compress._prune import prune_groups
 from autocompress.compress._quant import (
     ActFakeQuant,
@@ -35,7 +35,7 @@ from autocompress.compress._quant import (
 )
 from autocompress.inventory import LayerInventory, trace
 from autocompress.spaces import Policy
-from autocompress.spaces._space import rank_for
+from autocompress.spaces._space import rank_for, tucker_ranks
 
 __all__ = [
     "ActFakeQuant",
@@ -44,6 +44,7 @@ __all__ = [
     "Int4Linear",
     "LowRankConv2d",
     "LowRankLinear",
+    "TuckerConv2d",
     "QuantConv2d",
     "QuantLinear",
     "apply",
@@ -83,6 +84,9 @@ def apply(
     unknown = (set(policy.prune) - set(inventory.groups)) | ((set(policy.bits) | set(policy.rank)) - set(inventory.layers))
     if unknown:
         raise ValueError(f"policy names groups or layers the inventory lacks: {sorted(unknown)}")
+    linear = sorted(n for n in policy.decomp if inventory.layers[n].kind != "conv")
+    if linear:
+        raise ValueError(f"Tucker-2 applies to convolutions only, but the policy asks it of {linear}")
     student = copy.deepcopy(model).eval()
     for p in student.parameters():
         p.requires_grad_(True)
@@ -94,7 +98,10 @@ def apply(
             layer = student.get_submodule(name)
             c_in = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
             c_out = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
-            _set_submodule(student, name, factorize(layer, rank_for(c_in, c_out, ratio, channel_multiple)))
+            if policy.decomposition(name) == "tucker2":
+                _set_submodule(student, name, tucker2(layer, *tucker_ranks(c_in, c_out, ratio, channel_multiple)))
+            else:
+                _set_submodule(student, name, factorize(layer, rank_for(c_in, c_out, ratio, channel_multiple)))
     quantized = False
     for name, layer in inventory.layers.items():
         bits = policy.bits_of(name)

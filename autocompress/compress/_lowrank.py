@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["LowRankConv2d", "LowRankLinear", "factorize", "spatial_svd_matrix", "tucker2"]
+__all__ = ["LowRankConv2d", "LowRankLinear", "TuckerConv2d", "factorize", "spatial_svd_matrix", "tucker2"]
 
 
 class LowRankLinear(nn.Sequential):
@@ -23,6 +23,10 @@ class LowRankLinear(nn.Sequential):
 
 class LowRankConv2d(nn.Sequential):
     """Two convolutions (kh x 1 then 1 x kw, or 1x1 then 1x1) replacing one."""
+
+
+class TuckerConv2d(nn.Sequential):
+    """Three convolutions (1x1, kh x kw, 1x1) replacing one: a Tucker-2 decomposition."""
 
 
 def _split_sqrt(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,7 +91,7 @@ def _leading(unfolding: torch.Tensor, rank: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def tucker2(conv: nn.Conv2d, rank_in: int, rank_out: int, *, hooi_iters: int = 0) -> nn.Sequential:
+def tucker2(conv: nn.Conv2d, rank_in: int, rank_out: int, *, hooi_iters: int = 0) -> TuckerConv2d:
     """Three convolutions approximating ``conv`` (groups=1) by a Tucker-2 decomposition.
 
     ``W[out, in, kh, kw] ~= core x_0 U_out x_1 U_in`` becomes a 1x1 conv (in -> rank_in,
@@ -126,4 +130,4 @@ def tucker2(conv: nn.Conv2d, rank_in: int, rank_out: int, *, hooi_iters: int = 0
     last.weight.copy_(u_out.reshape(out_c, rank_out, 1, 1))
     if conv.bias is not None:
         last.bias.copy_(conv.bias)
-    return nn.Sequential(first, middle, last).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    return TuckerConv2d(first, middle, last).to(device=conv.weight.device, dtype=conv.weight.dtype)

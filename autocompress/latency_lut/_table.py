@@ -30,7 +30,7 @@ from autocompress._io import atomic_write_json, cache_dir
 from autocompress.errors import UserError
 from autocompress.inventory import Elementwise, Layer, LayerInventory, is_depthwise
 from autocompress.latency_lut._backend import LatencyBackend, Measurable, Measurement, profile_id
-from autocompress.spaces import Policy, SearchSpace, kept_for
+from autocompress.spaces import Policy, SearchSpace, is_spatial_conv, kept_for
 
 __all__ = ["Calibration", "ElementwiseChoiceShape", "LatencyTable", "LayerChoiceShape", "effective_elementwise", "effective_layers"]
 
@@ -39,13 +39,15 @@ SCHEMA = 1
 
 @dataclass(frozen=True)
 class LayerChoiceShape:
-    """A layer as a policy leaves it: its shapes after pruning and its precision and rank."""
+    """A layer as a policy leaves it: its shapes after pruning, its precision and rank, and
+    how it is factorized when its rank is below 1."""
 
     layer: Layer
     in_channels: int
     out_channels: int
     bits: int
     rank_ratio: float
+    decomp: str = "svd"
 
     @property
     def groups(self) -> int:
@@ -61,7 +63,7 @@ class LayerChoiceShape:
             l.kind, "x".join(map(str, shape)), f"o{self.out_channels}", f"k{l.kernel_size[0]}x{l.kernel_size[1]}",
             f"s{l.stride[0]}x{l.stride[1]}", f"p{l.padding[0]}x{l.padding[1]}", f"g{self.groups}",
             f"a{l.activation or 'none'}", f"b{self.bits}", f"r{self.rank_ratio:g}",
-        ])
+        ] + ([f"d{self.decomp}"] if self.decomp != "svd" and self.rank_ratio < 1.0 else []))
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,17 @@ def effective_layers(inventory: LayerInventory, policy: Policy, channel_multiple
             c_in = c_out
         else:
             c_in = kept[layer.in_group] if layer.in_group in kept and layer.groups == 1 else layer.in_channels
-        out.append(LayerChoiceShape(layer, c_in, c_out, policy.bits_of(layer.name), policy.rank_ratio(layer.name)))
+        out.append(LayerChoiceShape(layer, c_in, c_out, policy.bits_of(layer.name), policy.rank_ratio(layer.name),
+                                    policy.decomposition(layer.name)))
     return out
+
+
+def _decompositions(space: SearchSpace, layer: Layer) -> tuple[str, ...]:
+    """The decompositions ``layer``, factorized, can take in ``space``."""
+    domain = space.domains.get(f"decomp/{layer.name}")
+    if domain is not None:
+        return tuple(domain)
+    return ("tucker2",) if space.config.decompositions == ("tucker2",) and is_spatial_conv(layer) else ("svd",)
 
 
 def _micro_model(choice: LayerChoiceShape, channel_multiple: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
@@ -135,7 +146,8 @@ def _micro_model(choice: LayerChoiceShape, channel_multiple: int) -> tuple[nn.Mo
     if choice.bits == 32 and choice.rank_ratio >= 1.0:
         return model.eval(), (x,)
     inv = build_inventory(model, (x,))
-    policy = Policy(bits={"0": choice.bits} if choice.bits != 32 else {}, rank={"0": choice.rank_ratio} if choice.rank_ratio < 1 else {})
+    policy = Policy(bits={"0": choice.bits} if choice.bits != 32 else {}, rank={"0": choice.rank_ratio} if choice.rank_ratio < 1 else {},
+                    decomp={"0": choice.decomp})
     return compress.apply(model, inv, policy, (x,), [(x,)], channel_multiple=channel_multiple), (x,)
 
 
@@ -368,8 +380,9 @@ class LatencyTable:
             for c_in, c_out in pairs:
                 for bits in space.domains.get(f"bits/{layer.name}", (32,)):
                     for rank in space.domains.get(f"rank/{layer.name}", (1.0,)):
-                        choice = LayerChoiceShape(layer, c_in, c_out, bits, rank)
-                        seen.setdefault(choice.key, choice)
+                        for decomp in _decompositions(space, layer) if rank < 1.0 else ("svd",):
+                            choice = LayerChoiceShape(layer, c_in, c_out, bits, rank, decomp)
+                            seen.setdefault(choice.key, choice)
         for op in inventory.elementwise.values():
             group = inventory.groups.get(op.group) if op.group else None
             for c in counts(op.group, group.channels) if group else [op.shape[channel_axis(op.shape)]]:

@@ -35,8 +35,11 @@ class ImportanceProxy(Protocol):
 def more_aggressive(dimension: str, domain: tuple, value: Any) -> Any | None:
     """The next value of ``domain`` that compresses more than ``value``, or None at the end.
 
-    More pruning, fewer bits, lower rank."""
+    More pruning, fewer bits, lower rank; a decomposition is a different form, not more
+    compression, so it has no next value."""
     kind = dimension.split("/", 1)[0]
+    if kind == "decomp":
+        return None
     order = sorted(domain) if kind == "prune" else sorted(domain, reverse=True)
     i = order.index(value)
     return order[i + 1] if i + 1 < len(order) else None
@@ -66,7 +69,7 @@ class WeightL1Importance:
         if key not in self._cache:
             kind, target = dimension.split("/", 1)
             with torch.no_grad():
-                raw = {"prune": self._prune, "bits": self._bits, "rank": self._rank}[kind](target, value)
+                raw = {"prune": self._prune, "bits": self._bits, "rank": self._rank, "decomp": self._decomp}[kind](target, value)
             self._cache[key] = raw / self._total
         return self._cache[key]
 
@@ -94,6 +97,10 @@ class WeightL1Importance:
             scale = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / levels
             q = (torch.clamp(torch.round(flat / scale), -levels - 1, levels) * scale).reshape(w.shape)
         return float((w - q).abs().sum())
+
+    def _decomp(self, layer_name: str, how: str) -> float:
+        """The rank dimension carries a factorization's loss; its form adds none here."""
+        return 0.0
 
     def _rank(self, layer_name: str, ratio: float) -> float:
         w = self._weights.get(layer_name)

@@ -2,6 +2,20 @@
 
 from __future__ import annotations
 
-from autocompress.spaces._space import BITS_CHOICES, Policy, SearchSpace, SpaceConfig, build_space, kept_channels, kept_for
+from autocompress.spaces._space import (
+    BITS_CHOICES,
+    DECOMPOSITIONS,
+    Policy,
+    SearchSpace,
+    SpaceConfig,
+    build_space,
+    is_spatial_conv,
+    kept_channels,
+    kept_for,
+    tucker_ranks,
+)
 
-__all__ = ["BITS_CHOICES", "Policy", "SearchSpace", "SpaceConfig", "build_space", "kept_channels", "kept_for"]
+__all__ = [
+    "BITS_CHOICES", "DECOMPOSITIONS", "Policy", "SearchSpace", "SpaceConfig", "build_space", "is_spatial_conv",
+    "kept_channels", "kept_for", "tucker_ranks",
+]

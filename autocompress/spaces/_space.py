@@ -8,12 +8,15 @@ from typing import Any, Mapping
 
 from autocompress.inventory import Group, Layer, LayerInventory
 
-__all__ = ["BITS_CHOICES", "Policy", "SearchSpace", "SpaceConfig", "build_space", "kept_channels", "kept_for"]
+__all__ = ["BITS_CHOICES", "DECOMPOSITIONS", "Policy", "SearchSpace", "SpaceConfig", "build_space", "is_spatial_conv", "kept_channels", "kept_for", "tucker_ranks"]
 
 # 32: float32; 16: float16; 8: int8 (weights per channel, activations per tensor: static
 # ranges, or per call over token sequences); 4: 4-bit weights in blocks (Linear layers only).
 BITS_CHOICES = (32, 16, 8, 4)
 IMPORTANCE_CRITERIA = ("l1", "l2", "taylor")
+# How a kh x kw conv is factorized at a rank ratio below 1: "svd" (spatial SVD, kh x 1 then
+# 1 x kw) or "tucker2" (1x1, kh x kw, 1x1). Linear and 1x1 layers always take a plain SVD.
+DECOMPOSITIONS = ("svd", "tucker2")
 FULL_RANK = 1.0
 
 
@@ -45,6 +48,17 @@ def rank_for(layer_in: int, layer_out: int, ratio: float, multiple: int) -> int:
     return int(max(min(multiple, base), round(base * ratio / multiple) * multiple))
 
 
+def tucker_ranks(layer_in: int, layer_out: int, ratio: float, multiple: int) -> tuple[int, int]:
+    """Tucker-2 ranks (input side, output side) of a conv: ``ratio`` of each channel count,
+    rounded to ``multiple``."""
+    return rank_for(layer_in, layer_in, ratio, multiple), rank_for(layer_out, layer_out, ratio, multiple)
+
+
+def is_spatial_conv(layer: Layer) -> bool:
+    """A kh x kw conv (kh, kw > 1) of one group: where Tucker-2 is an alternative to spatial SVD."""
+    return layer.kind == "conv" and layer.groups == 1 and min(layer.kernel_size) > 1
+
+
 @dataclass(frozen=True)
 class SpaceConfig:
     """Which choices the search may make. Ratios are fractions of the original width."""
@@ -54,6 +68,7 @@ class SpaceConfig:
     rank_ratios: tuple[float, ...] = (1.0, 0.5, 0.25)
     channel_multiple: int = 8
     importance: str = "l1"  # which channels pruning removes: "l1", "l2" or "taylor" (data-aware)
+    decompositions: tuple[str, ...] = ("svd",)  # for kh x kw convs: "svd" (spatial), "tucker2", or both to search
 
     def __post_init__(self) -> None:
         for r in self.prune_ratios:
@@ -69,27 +84,38 @@ class SpaceConfig:
             raise ValueError(f"importance must be one of {list(IMPORTANCE_CRITERIA)}, but got {self.importance!r}.")
         if self.channel_multiple < 1:
             raise ValueError(f"`channel_multiple` must be >= 1, but got {self.channel_multiple!r}.")
-        if not self.prune_ratios or not self.bits or not self.rank_ratios:
+        for d in self.decompositions:
+            if d not in DECOMPOSITIONS:
+                raise ValueError(f"decompositions must be among {list(DECOMPOSITIONS)}, but got {d!r}.")
+        if not self.prune_ratios or not self.bits or not self.rank_ratios or not self.decompositions:
             raise ValueError("prune ratios, bits and rank ratios each need at least one value.")
 
 
 @dataclass(frozen=True)
 class Policy:
-    """One candidate: pruning ratio per group, bit width and rank ratio per layer.
+    """One candidate: pruning ratio per group, bit width and rank ratio per layer, and for
+    factorized kh x kw convs the decomposition.
 
     Groups and layers absent from the mappings are left as they are (ratio 0, fp32, full
-    rank). ``digest`` is stable across processes, for caching and de-duplication.
+    rank, spatial SVD). ``digest`` is stable across processes, for caching and de-duplication.
     """
 
     prune: Mapping[str, float] = field(default_factory=dict)
     bits: Mapping[str, int] = field(default_factory=dict)
     rank: Mapping[str, float] = field(default_factory=dict)
+    decomp: Mapping[str, str] = field(default_factory=dict)  # layer -> "tucker2" (factorized layers only)
 
     def __post_init__(self) -> None:
         # Freeze canonical, sorted copies so equal policies compare and hash equal.
         object.__setattr__(self, "prune", dict(sorted((k, float(v)) for k, v in self.prune.items())))
         object.__setattr__(self, "bits", dict(sorted((k, int(v)) for k, v in self.bits.items())))
         object.__setattr__(self, "rank", dict(sorted((k, float(v)) for k, v in self.rank.items())))
+        for name, how in self.decomp.items():
+            if how not in DECOMPOSITIONS:
+                raise ValueError(f"decomposition of {name!r} must be among {list(DECOMPOSITIONS)}, but got {how!r}.")
+        # Only a factorized layer has a decomposition, and spatial SVD is the default.
+        object.__setattr__(self, "decomp", dict(sorted(
+            (k, str(v)) for k, v in self.decomp.items() if v != "svd" and self.rank.get(k, FULL_RANK) < FULL_RANK)))
 
     def prune_ratio(self, group: str | None) -> float:
         return self.prune.get(group, 0.0) if group else 0.0
@@ -100,15 +126,22 @@ class Policy:
     def rank_ratio(self, layer: str) -> float:
         return self.rank.get(layer, FULL_RANK)
 
+    def decomposition(self, layer: str) -> str:
+        return self.decomp.get(layer, "svd")
+
     def to_dict(self) -> dict[str, Any]:
-        return {"prune": dict(self.prune), "bits": dict(self.bits), "rank": dict(self.rank)}
+        out: dict[str, Any] = {"prune": dict(self.prune), "bits": dict(self.bits), "rank": dict(self.rank)}
+        if self.decomp:  # absent when empty, so policies without Tucker-2 keep their digests
+            out["decomp"] = dict(self.decomp)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Policy":
-        unknown = set(data) - {"prune", "bits", "rank"}
+        unknown = set(data) - {"prune", "bits", "rank", "decomp"}
         if unknown:
-            raise ValueError(f"unknown policy keys {sorted(unknown)}; valid keys are ['bits', 'prune', 'rank'].")
-        return cls(dict(data.get("prune", {})), dict(data.get("bits", {})), dict(data.get("rank", {})))
+            raise ValueError(f"unknown policy keys {sorted(unknown)}; valid keys are ['bits', 'decomp', 'prune', 'rank'].")
+        return cls(dict(data.get("prune", {})), dict(data.get("bits", {})), dict(data.get("rank", {})),
+                   dict(data.get("decomp", {})))
 
     @property
     def digest(self) -> str:
@@ -124,7 +157,8 @@ class Policy:
 @dataclass(frozen=True)
 class SearchSpace:
     """Discrete domains, one per searchable dimension, named ``prune/<group>``,
-    ``bits/<layer>`` and ``rank/<layer>`` (the flat form searchers see)."""
+    ``bits/<layer>``, ``rank/<layer>`` and ``decomp/<layer>`` (the flat form searchers see).
+    A ``decomp`` dimension matters only where its layer's rank is below 1."""
 
     inventory: LayerInventory
     config: SpaceConfig
@@ -138,12 +172,14 @@ class SearchSpace:
                 params[name] = policy.prune_ratio(target)
             elif kind == "bits":
                 params[name] = policy.bits_of(target)
+            elif kind == "decomp":
+                params[name] = policy.decomposition(target)
             else:
                 params[name] = policy.rank_ratio(target)
         return params
 
     def from_params(self, params: Mapping[str, Any]) -> Policy:
-        prune, bits, rank = {}, {}, {}
+        prune, bits, rank, decomp = {}, {}, {}, {}
         for name, domain in self.domains.items():
             if name not in params:
                 raise KeyError(f"parameter {name!r} missing; a policy needs every dimension of the space.")
@@ -157,7 +193,11 @@ class SearchSpace:
                 bits[target] = value
             elif kind == "rank" and value != FULL_RANK:
                 rank[target] = value
-        return Policy(prune, bits, rank)
+            elif kind == "decomp":
+                decomp[target] = value
+        if self.config.decompositions == ("tucker2",):  # the only decomposition of kh x kw convs
+            decomp.update({n: "tucker2" for n in rank if is_spatial_conv(self.inventory.layers[n])})
+        return Policy(prune, bits, rank, decomp)
 
     def sample(self, rng: random.Random) -> Policy:
         return self.from_params({n: rng.choice(d) for n, d in self.domains.items()})
@@ -193,7 +233,13 @@ def _rank_choices(layer: Layer, config: SpaceConfig) -> tuple[float, ...]:
     for ratio in sorted(set(config.rank_ratios) - {FULL_RANK}, reverse=True):
         r = rank_for(layer.in_channels, layer.out_channels, ratio, config.channel_multiple)
         if layer.kind == "conv" and kh > 1 and kw > 1:
-            cost = kh * layer.in_channels * r + kw * r * layer.out_channels  # spatial SVD kx1 then 1xk
+            costs = []
+            if "svd" in config.decompositions:  # spatial SVD kx1 then 1xk
+                costs.append(kh * layer.in_channels * r + kw * r * layer.out_channels)
+            if "tucker2" in config.decompositions:  # 1x1, kxk, 1x1
+                r_in, r_out = tucker_ranks(layer.in_channels, layer.out_channels, ratio, config.channel_multiple)
+                costs.append(layer.in_channels * r_in + kh * kw * r_in * r_out + r_out * layer.out_channels)
+            cost = min(costs)
             full = kh * kw * layer.in_channels * layer.out_channels
         else:
             cost = r * (layer.in_channels + layer.out_channels)
@@ -223,6 +269,8 @@ def build_space(inventory: LayerInventory, config: SpaceConfig = SpaceConfig()) 
         ranks = _rank_choices(layer, config)
         if len(ranks) > 1:
             domains[f"rank/{layer.name}"] = ranks
+            if len(config.decompositions) > 1 and is_spatial_conv(layer):
+                domains[f"decomp/{layer.name}"] = tuple(d for d in DECOMPOSITIONS if d in config.decompositions)
     if not domains:
         raise ValueError("the search space is empty: no prunable group, bit width or rank choice applies to this model.")
     return SearchSpace(inventory, config, domains)
