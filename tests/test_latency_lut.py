@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from autocompress.errors import UserError
+from autocompress.inventory import build_inventory
 from autocompress.latency_lut._table import effective_elementwise
 from autocompress.latency_lut import (
     Calibration,
@@ -371,3 +372,58 @@ def test_reference_speed_is_the_median_of_the_last_minute(tmp_path, backend, mon
     clock[0] += table_module.REFERENCE_WINDOW_S + 60
     timings = iter([80.0])
     assert table.reference_us() == 80.0  # older timings no longer count
+
+
+def test_tucker2_has_its_own_entries_and_repairs_work(tmp_path, backend, resnet_inventory):
+    """A Tucker-2 layer is keyed and measured apart from its spatial SVD, as the three convs a
+    candidate has; budget repair moves through a space with decomposition dimensions."""
+    from torch import nn
+
+    from autocompress.latency_lut._table import _micro_model
+    from autocompress.search import BudgetRepair, WeightL1Importance
+    from conftest import make_resnet
+
+    space = build_space(resnet_inventory, SpaceConfig(channel_multiple=MULTIPLE, decompositions=("svd", "tucker2")))
+    table = LatencyTable(tmp_path / "t.json", backend, channel_multiple=MULTIPLE)
+    table.freeze_reference()
+    reachable = table.reachable_choices(resnet_inventory, space)
+    tucker = [c for c in reachable if c.key.endswith("|dtucker2")]
+    assert tucker and all(c.rank_ratio < 1.0 and c.layer.kernel_size == (3, 3) for c in tucker)
+    assert len(reachable) > len(LatencyTable(tmp_path / "u.json", backend, channel_multiple=MULTIPLE).reachable_choices(
+        resnet_inventory, build_space(resnet_inventory, SpaceConfig(channel_multiple=MULTIPLE))))
+    model, _ = _micro_model(tucker[0], MULTIPLE)
+    kernels = [m.kernel_size for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert kernels == [(1, 1), (3, 3), (1, 1)]
+    name = tucker[0].layer.name
+    params = {**space.to_params(space.baseline()), f"rank/{name}": 0.25}
+    as_svd, as_tucker = space.from_params(params), space.from_params({**params, f"decomp/{name}": "tucker2"})
+    keys = lambda p: {c.key for c in effective_layers(resnet_inventory, p, MULTIPLE)}  # noqa: E731
+    assert keys(as_svd) != keys(as_tucker)
+    table.build(resnet_inventory, space)
+    fastest, start = table.fastest(resnet_inventory, space)[1], table.predict_us(resnet_inventory, as_tucker)
+    assert fastest < start
+    budget = (fastest + start) / 2
+    fixed = BudgetRepair(space, lambda p: table.predict_us(resnet_inventory, p),
+                         WeightL1Importance(make_resnet(8), resnet_inventory, space))(as_tucker, budget)
+    assert fixed is not None and fixed.predicted_us <= budget and space.contains(fixed.policy)
+
+
+def test_concatenated_inputs_lose_every_pruned_piece():
+    """A layer reading a concatenation (DenseNet) loses the channels pruned from each piece."""
+    from autocompress import compress
+    from autocompress.tasks.models import DenseBlockNet
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = DenseBlockNet(width=8, growth=8).eval()
+    x = torch.randn(1, 1, 28, 28)
+    inv = build_inventory(model, (x,))
+    space = build_space(inv, SpaceConfig(channel_multiple=4))
+    prune = {n: max(d) for n, d in space.domains.items() if n.startswith("prune/")}
+    assert len(prune) >= 3
+    policy = space.from_params({**space.to_params(space.baseline()), **prune})
+    student = dict(compress.apply(model, inv, policy, (x,), channel_multiple=4).named_modules())
+    for choice in effective_layers(inv, policy, 4):
+        module = student[choice.layer.name]
+        if isinstance(module, nn.Conv2d):
+            assert module.in_channels == choice.in_channels, choice.layer.name

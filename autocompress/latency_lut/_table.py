@@ -14,6 +14,7 @@ and its data are kept with the table.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -28,7 +29,7 @@ from torch import nn
 
 from autocompress._io import atomic_write_json, cache_dir
 from autocompress.errors import UserError
-from autocompress.inventory import Elementwise, Layer, LayerInventory, is_depthwise
+from autocompress.inventory import Elementwise, Group, Layer, LayerInventory, is_depthwise
 from autocompress.latency_lut._backend import LatencyBackend, Measurable, Measurement, profile_id
 from autocompress.spaces import Policy, SearchSpace, is_spatial_conv, kept_for
 
@@ -103,6 +104,12 @@ def effective_elementwise(inventory: LayerInventory, policy: Policy, channel_mul
     return out
 
 
+def input_groups(inventory: LayerInventory, layer: Layer) -> list[Group]:
+    """The groups whose pruning removes some of ``layer``'s input channels: one, or several
+    where its input concatenates the outputs of several groups."""
+    return [g for g in inventory.groups.values() if layer.name in g.consumers]
+
+
 def effective_layers(inventory: LayerInventory, policy: Policy, channel_multiple: int) -> list[LayerChoiceShape]:
     kept: dict[str, int] = {
         g.name: kept_for(g, policy.prune_ratio(g.name), channel_multiple) for g in inventory.groups.values()
@@ -112,8 +119,10 @@ def effective_layers(inventory: LayerInventory, policy: Policy, channel_multiple
         c_out = kept[layer.out_group] if layer.out_group in kept else layer.out_channels
         if is_depthwise(layer):
             c_in = c_out
+        elif layer.groups == 1:  # every concatenated piece loses its own group's channels
+            c_in = layer.in_channels - sum(g.channels - kept[g.name] for g in input_groups(inventory, layer))
         else:
-            c_in = kept[layer.in_group] if layer.in_group in kept and layer.groups == 1 else layer.in_channels
+            c_in = layer.in_channels
         out.append(LayerChoiceShape(layer, c_in, c_out, policy.bits_of(layer.name), policy.rank_ratio(layer.name),
                                     policy.decomposition(layer.name)))
     return out
@@ -372,9 +381,15 @@ class LatencyTable:
             domain = space.domains.get(f"prune/{group}") if group else None
             return sorted({kept_for(inventory.groups[group], r, cfg.channel_multiple) for r in domain}) if domain else [full]
 
+        def in_counts(layer: Layer) -> list[int]:
+            if layer.groups != 1:
+                return [layer.in_channels]
+            removed = [[g.channels - c for c in counts(g.name, g.channels)] for g in input_groups(inventory, layer)]
+            return sorted({layer.in_channels - sum(r) for r in itertools.product(*removed)})
+
         seen: dict[str, LayerChoiceShape] = {}
         for layer in inventory.layers.values():
-            ins = counts(layer.in_group, layer.in_channels) if layer.groups == 1 else [layer.in_channels]
+            ins = in_counts(layer)
             outs = counts(layer.out_group, layer.out_channels)
             pairs = [(c, c) for c in outs] if is_depthwise(layer) else [(i, o) for i in ins for o in outs]
             for c_in, c_out in pairs:
