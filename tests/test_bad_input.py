@@ -113,6 +113,8 @@ def recorded_run(tmp_path) -> Path:
      (["--latency-budget", "5ms"], "--latency-budget '5ms' conflicts with the run's recorded '10ms'"),
      (["--bits", "32,8"], "--bits (32, 8) conflicts with the run's recorded (32, 8, 4)"),
      (["--searcher", "random"], "--searcher 'random' conflicts with the run's recorded 'tpe'"),
+     (["--decompositions", "svd,tucker2"], "--decompositions ('svd', 'tucker2') conflicts with the run's recorded ('svd',)"),
+     (["--batch-size", "32"], "--batch-size 32 conflicts with the run's recorded 0"),
      (["--run-dir", "elsewhere"], "--run-dir 'elsewhere' conflicts with --resume")],
 )
 def test_resume_with_a_conflicting_option_is_refused(recorded_run, capsys, option, recorded):
@@ -128,6 +130,11 @@ def test_resume_reads_the_recorded_config_and_accepts_agreeing_options(recorded_
     assert isinstance(config, SearchConfig)
     assert (config.task, config.latency_budget, config.seed, config.trials) == (PLAIN, "10ms", 3, 6)
     assert config.run_dir == str(recorded_run) and config.space.bits == (32, 8, 4)
+
+
+def test_unknown_decomposition_is_refused_with_the_valid_ones(tmp_path, capsys):
+    line = error_line(capsys, search(tmp_path / "run", PLAIN, "--decompositions", "svd,cp"))
+    assert "'cp'" in line and "tucker2" in line
 
 
 def test_search_without_budget_or_resume_names_both(tmp_path, capsys):

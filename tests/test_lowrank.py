@@ -121,3 +121,30 @@ def test_onnx_export_matches_torch(tmp_path):
     (got,) = sess.run(None, {"x": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), seq(x), atol=1e-4, rtol=0)
+
+
+def test_tucker2_as_a_policy_choice_builds_the_decomposition():
+    """A policy choosing Tucker-2 for a kxk conv gets exactly compress.tucker2 at the ranks the
+    space gives (before fine-tuning its error is the decomposition's), and spatial SVD otherwise."""
+    from autocompress import compress
+    from autocompress.inventory import build_inventory
+    from autocompress.spaces import Policy, tucker_ranks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    inv = build_inventory(model, (x,))
+    tucker = compress.apply(model, inv, Policy(rank={"2": 0.5}, decomp={"2": "tucker2"}), (x,), channel_multiple=8)
+    svd = compress.apply(model, inv, Policy(rank={"2": 0.5}), (x,), channel_multiple=8)
+    def kernels(gm):  # the traced candidate keeps the parts, not their classes
+        return [m.kernel_size for m in gm.get_submodule("2").modules() if isinstance(m, nn.Conv2d)]
+
+    assert kernels(tucker) == [(1, 1), (3, 3), (1, 1)] and kernels(svd) == [(3, 1), (1, 3)]
+    r_in, r_out = tucker_ranks(32, 32, 0.5, 8)
+    assert (r_in, r_out) == (16, 16)
+    expected = nn.Sequential(model[0], model[1], tucker2(model[2], r_in, r_out))
+    assert torch.allclose(tucker(x), expected(x), atol=1e-5)
+    with pytest.raises(ValueError, match="convolutions only"):
+        lin = nn.Sequential(nn.Linear(16, 16)).eval()
+        xi = torch.randn(1, 16)
+        compress.apply(lin, build_inventory(lin, (xi,)), Policy(rank={"0": 0.5}, decomp={"0": "tucker2"}), (xi,))

@@ -40,8 +40,9 @@ def test_search_progress_tracks_best_feasible_hypervolume_and_rejections():
 
 def test_policy_grid_reads_pruning_from_each_layers_output_group():
     layers = [{"name": "conv1", "out_group": "g1"}, {"name": "fc", "out_group": None}]
-    grid = policy_grid({"prune": {"g1": 0.5}, "bits": {"fc": 8}, "rank": {"conv1": 0.25}}, layers)
-    assert grid == [{"layer": "conv1", "prune": 0.5, "bits": 32, "rank": 0.25}, {"layer": "fc", "prune": 0.0, "bits": 8, "rank": 1.0}]
+    grid = policy_grid({"prune": {"g1": 0.5}, "bits": {"fc": 8}, "rank": {"conv1": 0.25}, "decomp": {"conv1": "tucker2"}}, layers)
+    assert grid == [{"layer": "conv1", "prune": 0.5, "bits": 32, "rank": 0.25, "decomp": "tucker2"},
+                    {"layer": "fc", "prune": 0.0, "bits": 8, "rank": 1.0, "decomp": "svd"}]
 
 
 def test_user_strings_are_escaped_in_the_page(tmp_path):

@@ -218,3 +218,27 @@ def test_space_config_shapes_the_space(resnet_inventory):
     assert all(k.startswith("prune/") for k in fp32_only.domains)
     with pytest.raises(ValueError, match="empty"):
         build_space(resnet_inventory, SpaceConfig(prune_ratios=(0.0,), bits=(32,), rank_ratios=(1.0,)))
+
+
+def test_decompositions_add_a_dimension_for_kxk_convs_only(resnet_inventory):
+    """Tucker-2 is searched against spatial SVD on kxk convs when both are allowed; policies
+    without it keep their dict (and digest); a decomposition only exists where the rank is cut."""
+    both = build_space(resnet_inventory, SpaceConfig(channel_multiple=4, decompositions=("svd", "tucker2")))
+    decomp = [n for n in both.domains if n.startswith("decomp/")]
+    assert decomp and all(f"rank/{n[7:]}" in both.domains for n in decomp)
+    assert all(resnet_inventory.layers[n[7:]].kernel_size == (3, 3) for n in decomp)
+    assert "decomp" not in Policy(rank={"a": 0.5}).to_dict()
+    assert Policy(decomp={"a": "tucker2"}).decomp == {}  # full rank: nothing to decompose
+    assert Policy(rank={"a": 0.5}, decomp={"a": "svd"}) == Policy(rank={"a": 0.5})
+    name = decomp[0][7:]
+    params = {**both.to_params(both.baseline()), f"rank/{name}": 0.5, f"decomp/{name}": "tucker2"}
+    policy = both.from_params(params)
+    assert policy.decomp == {name: "tucker2"} and Policy.from_dict(policy.to_dict()) == policy
+    assert both.to_params(policy) == params and both.contains(policy)
+    only = build_space(resnet_inventory, SpaceConfig(channel_multiple=4, decompositions=("tucker2",)))
+    assert not any(n.startswith("decomp/") for n in only.domains)
+    assert only.from_params({**only.to_params(only.baseline()), f"rank/{name}": 0.5}).decomp == {name: "tucker2"}
+    with pytest.raises(ValueError, match="decomposition"):
+        Policy(rank={"a": 0.5}, decomp={"a": "cp"})
+    with pytest.raises(ValueError, match="decompositions"):
+        SpaceConfig(decompositions=("cp",))

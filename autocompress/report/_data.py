@@ -57,9 +57,11 @@ def search_progress(trials: Sequence[Mapping[str, Any]], budget_ms: float, highe
 
 
 def policy_grid(policy: Mapping[str, Mapping[str, float]], layers: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """One column per layer: the share of its output channels pruned, its bits, its rank ratio."""
+    """One column per layer: the share of its output channels pruned, its bits, its rank ratio
+    and, where it is factorized, how ("svd" or "tucker2")."""
     prune, bits, rank = policy.get("prune", {}), policy.get("bits", {}), policy.get("rank", {})
+    decomp = policy.get("decomp", {})
     names = [l["name"] for l in layers] or sorted(set(bits) | set(rank) | set(prune))
     groups = {l["name"]: l.get("out_group") for l in layers}
     return [{"layer": n, "prune": float(prune.get(groups.get(n) or n, 0.0)), "bits": int(bits.get(n, 32)),
-             "rank": float(rank.get(n, 1.0))} for n in names]
+             "rank": float(rank.get(n, 1.0)), "decomp": str(decomp.get(n, "svd"))} for n in names]

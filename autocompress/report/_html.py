@@ -304,7 +304,8 @@ _JS = r"""
                 ["bits", function (c) { return BITS_COLOR[c.bits] || "#fff"; }, function (c) { return String(c.bits); },
                  function (c) { return c.bits <= 8; }],
                 ["rank", function (c) { return mix("#ffffff", "#2e7d32", (1 - c.rank) / 0.9); },
-                 function (c) { return c.rank >= 1 ? "full" : String(c.rank); }, function (c) { return c.rank < 0.5; }]];
+                 function (c) { return c.rank >= 1 ? "full" : (c.decomp === "tucker2" ? "T" : "") + String(c.rank); },
+                 function (c) { return c.rank < 0.5; }]];
     rows.forEach(function (row, r) {
       el("text", {x: L - 8, y: top + r * ch + ch / 2 + 4, "text-anchor": "end"}, svg, row[0]);
       grid.forEach(function (c, i) {
@@ -314,7 +315,7 @@ _JS = r"""
         if (cw >= 22) el("text", {x: L + i * cw + cw / 2, y: top + r * ch + ch / 2 + 4, "text-anchor": "middle",
                                   fill: row[3](c) ? "#fff" : "#222"}, g, row[2](c));
         hover(g, c.layer + "\npruned " + Math.round(c.prune * 100) + "% of output channels\n" + c.bits + " bits\nrank " +
-          (c.rank >= 1 ? "full" : c.rank));
+          (c.rank >= 1 ? "full" : c.rank + (c.decomp === "tucker2" ? " (Tucker-2)" : "")));
       });
     });
     var labelTop = top + 3 * ch + 6, longest = 0;
