@@ -263,6 +263,23 @@ def test_calibration_recovers_line():
     assert cal.apply(1000.0) == pytest.approx(1742.0)
 
 
+def test_calibration_learns_a_local_bias_from_nearby_measurements():
+    """Measured candidates clustered near one sum, all 15% above the rest's line, pull the
+    predictions near them to within 5% of the truth, closer than the global line gets, and
+    leave far ones on the line."""
+    line = [{"policy": str(i), "raw_us": r, "measured_us": 2.0 * r} for i, r in enumerate([100.0, 400.0, 1000.0, 2000.0])]
+    near = [{"policy": f"n{i}", "raw_us": r, "measured_us": 1.15 * 2.0 * r} for i, r in enumerate([500.0, 510.0, 495.0, 505.0])]
+    cal = Calibration(points=line + near)
+    cal.fit()
+    truth = 1.15 * 2.0 * 500.0
+    assert abs(cal.apply(500.0) / truth - 1) < 0.5 * abs(cal.line(500.0) / truth - 1)  # the line alone misses by more
+    assert abs(cal.apply(500.0) / truth - 1) < 0.05
+    assert cal.apply(2000.0) / cal.line(2000.0) == pytest.approx(1.0, abs=0.02)
+    plain = Calibration(points=line)
+    plain.fit()
+    assert plain.apply(500.0) == pytest.approx(1000.0, rel=1e-6)  # points on the line: nothing to correct
+
+
 def test_calibration_degenerate_cases():
     empty = Calibration()
     empty.fit()
