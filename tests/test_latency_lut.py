@@ -275,6 +275,7 @@ def test_calibration_learns_a_local_bias_from_nearby_measurements():
     assert abs(cal.apply(500.0) / truth - 1) < 0.5 * abs(cal.line(500.0) / truth - 1)  # the line alone misses by more
     assert abs(cal.apply(500.0) / truth - 1) < 0.05
     assert cal.apply(2000.0) / cal.line(2000.0) == pytest.approx(1.0, abs=0.02)
+    assert cal.line(500.0) == pytest.approx(cal.scale * 500.0 + cal.offset_us)
     plain = Calibration(points=line)
     plain.fit()
     assert plain.apply(500.0) == pytest.approx(1000.0, rel=1e-6)  # points on the line: nothing to correct

@@ -447,11 +447,14 @@ class LatencyTable:
         layers = sum(self.entry_us(c) for c in effective_layers(inventory, policy, self.channel_multiple))
         return layers + sum(self.entry_us(c) for c in effective_elementwise(inventory, policy, self.channel_multiple))
 
-    def predict_us(self, inventory: LayerInventory, policy: Policy) -> float:
-        """Calibrated whole-model latency of the candidate ``policy`` describes, in microseconds."""
+    def predict_us(self, inventory: LayerInventory, policy: Policy, local: bool = True) -> float:
+        """Calibrated whole-model latency of the candidate ``policy`` describes, in microseconds
+        (``local=False``: the fitted line alone, without the local correction)."""
         raw = self.raw_us(inventory, policy)
         calibration = self.calibrations.get(inventory.fingerprint)
-        return calibration.apply(raw) if calibration else raw
+        if calibration is None:
+            return raw
+        return calibration.apply(raw) if local else calibration.line(raw)
 
     def fastest(self, inventory: LayerInventory, space: SearchSpace, passes: int = 2) -> tuple[Policy, float]:
         """The fastest policy the space offers by the table, and its predicted latency (us).
