@@ -285,7 +285,7 @@ def run_scaling() -> list[dict]:
             raise SystemExit(f"scaling search at width {width} failed; see {run_dir.with_suffix('.log')}")
         done = [t for t in _trials(run_dir) if t.get("status") == "completed"]
         rows.append({
-            "width": width, "flops": bench.inventory.total_flops,  # already 2 per multiply-add "params": sum(p.numel() for p in task.model.parameters()),
+            "width": width, "flops": bench.inventory.total_flops, "params": sum(p.numel() for p in task.model.parameters()),
             "entries": entries, "entries_s": t_entries, "table_s": t_table, "search_wall_s": wall,
             "baseline_ms": json.loads((run_dir / "run.json").read_text())["baseline"]["latency_ms"],
             "trial_s": median(t["trial_s"] for t in done), "finetune_s": median(t["finetune_s"] for t in done),
