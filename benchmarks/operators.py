@@ -26,7 +26,7 @@ from autocompress.evaluators import DistillConfig, distill, evaluate
 from autocompress.export import export_engine
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import OrtCpuBackend, feeds_for, to_onnx_bytes
-from autocompress.spaces import Policy, SpaceConfig, build_space
+from autocompress.spaces import Policy, SpaceConfig, build_space, is_spatial_conv
 from autocompress.task import load_task
 
 
@@ -39,7 +39,8 @@ def _policies(space, inventory) -> dict[str, Policy]:
     def prune(r: float) -> dict[str, float]:
         return {g: min((x for x in space.domains[f"prune/{g}"] if x >= r), default=max(space.domains[f"prune/{g}"])) for g in groups}
 
-    return {
+    spatial = {n: "tucker2" for n in ranked if is_spatial_conv(inventory.layers[n])}
+    policies = {
         "int8": Policy(bits=int8),
         "prune 25%": Policy(prune=prune(0.25)),
         "prune 50%": Policy(prune=prune(0.5)),
@@ -48,6 +49,10 @@ def _policies(space, inventory) -> dict[str, Policy]:
         "int8 + low rank 50%": Policy(rank={n: 0.5 for n in ranked}, bits=int8),
         "int8 + prune 25% + low rank 50%": Policy(prune=prune(0.25), bits=int8, rank={n: 0.5 for n in ranked}),
     }
+    if spatial:  # the kxk convs split by Tucker-2 (1x1, kxk, 1x1) instead of spatial SVD
+        policies["low rank 50%, Tucker-2"] = Policy(rank={n: 0.5 for n in ranked}, decomp=spatial)
+        policies["int8 + low rank 50%, Tucker-2"] = Policy(rank={n: 0.5 for n in ranked}, bits=int8, decomp=spatial)
+    return policies
 
 
 def main() -> None:
@@ -60,7 +65,7 @@ def main() -> None:
     torch.manual_seed(0)
     task = load_task(args.task)
     inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)
-    space = build_space(inventory, SpaceConfig())
+    space = build_space(inventory, SpaceConfig(decompositions=("svd", "tucker2")))
     calib = [b[0] if isinstance(b[0], tuple) else (b[0],) for _, b in zip(range(4), task.train_loader)]
     config = replace(DistillConfig(steps=args.steps), loss=task.distill_loss, optimizer=task.distill_optimizer,
                      lr=task.distill_lr if task.distill_lr is not None else 0.01)
