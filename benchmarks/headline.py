@@ -233,16 +233,15 @@ def run_floor(rows: list[dict]) -> dict:
     bench = open_workbench(task, space, 1, tmp, shared_table=False)
     original = Measurable.from_module(task.model, task.example_inputs, dynamic_batch=True)
     feeds = original.feeds()
-    entries = [("original", task.model, original, task.model)]
+    # (name, module, what is timed, weight bytes: fp32 parameters, or the engine file)
+    entries = [("original", task.model, original, sum(p.numel() * 4 for p in task.model.parameters()))]
     for r in demo_rows:
-        engine = Measurable.from_onnx(ROOT / r["best"]["engine_path"], feeds)
+        engine_path = ROOT / r["best"]["engine_path"]
         entries.append((f"{r['budget']} best (trial {r['best']['trial']})", bench.candidate(Policy.from_dict(r["best"]["policy"])),
-                        engine, None))
+                        Measurable.from_onnx(engine_path, feeds), engine_path.stat().st_size))
     timings = backend.measure_many([e[2] for e in entries], rounds=7)
-    for (name, module, item, _), timing in zip(entries, timings):
+    for (name, module, _, weight_bytes), timing in zip(entries, timings):
         work = _work_of(module, task.example_inputs)
-        weight_bytes = sum(p.numel() * 4 for p in task.model.parameters()) if name == "original" else \
-            (ROOT / next(r["best"]["engine_path"] for r in demo_rows if name.startswith(r["budget"] + " "))).stat().st_size
         compute_s = (work["fp32"] + work["int4"] + work["fp16"]) / peaks["fp32_flops_per_s"] + work["int8"] / peaks["int8_ops_per_s"]
         memory_s = (weight_bytes + work["activation_bytes"]) / peaks["copy_bytes_per_s"]
         measured_s = timing.median_us / 1e6

@@ -31,7 +31,7 @@ from autocompress._io import atomic_write_json, cache_dir
 from autocompress.errors import UserError
 from autocompress.inventory import Elementwise, Group, Layer, LayerInventory, is_depthwise
 from autocompress.latency_lut._backend import LatencyBackend, Measurable, Measurement, profile_id
-from autocompress.spaces import Policy, SearchSpace, is_spatial_conv, kept_for
+from autocompress.spaces import Policy, SearchSpace, kept_for
 
 __all__ = ["Calibration", "ElementwiseChoiceShape", "LatencyTable", "LayerChoiceShape", "effective_elementwise", "effective_layers"]
 
@@ -104,36 +104,33 @@ def effective_elementwise(inventory: LayerInventory, policy: Policy, channel_mul
     return out
 
 
-def input_groups(inventory: LayerInventory, layer: Layer) -> list[Group]:
-    """The groups whose pruning removes some of ``layer``'s input channels: one, or several
-    where its input concatenates the outputs of several groups."""
-    return [g for g in inventory.groups.values() if layer.name in g.consumers]
+def input_groups(inventory: LayerInventory) -> dict[str, list[Group]]:
+    """Layer name -> the groups whose pruning removes some of its input channels: one, or
+    several where its input concatenates the outputs of several groups."""
+    out: dict[str, list[Group]] = {}
+    for group in inventory.groups.values():
+        for name in group.consumers:
+            out.setdefault(name, []).append(group)
+    return out
 
 
 def effective_layers(inventory: LayerInventory, policy: Policy, channel_multiple: int) -> list[LayerChoiceShape]:
     kept: dict[str, int] = {
         g.name: kept_for(g, policy.prune_ratio(g.name), channel_multiple) for g in inventory.groups.values()
     }
+    feeding = input_groups(inventory)
     out = []
     for layer in inventory.layers.values():
         c_out = kept[layer.out_group] if layer.out_group in kept else layer.out_channels
         if is_depthwise(layer):
             c_in = c_out
         elif layer.groups == 1:  # every concatenated piece loses its own group's channels
-            c_in = layer.in_channels - sum(g.channels - kept[g.name] for g in input_groups(inventory, layer))
+            c_in = layer.in_channels - sum(g.channels - kept[g.name] for g in feeding.get(layer.name, ()))
         else:
             c_in = layer.in_channels
         out.append(LayerChoiceShape(layer, c_in, c_out, policy.bits_of(layer.name), policy.rank_ratio(layer.name),
                                     policy.decomposition(layer.name)))
     return out
-
-
-def _decompositions(space: SearchSpace, layer: Layer) -> tuple[str, ...]:
-    """The decompositions ``layer``, factorized, can take in ``space``."""
-    domain = space.domains.get(f"decomp/{layer.name}")
-    if domain is not None:
-        return tuple(domain)
-    return ("tucker2",) if space.config.decompositions == ("tucker2",) and is_spatial_conv(layer) else ("svd",)
 
 
 def _micro_model(choice: LayerChoiceShape, channel_multiple: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
@@ -230,10 +227,19 @@ class Calibration:
         line = self.line(raw_us)
         if not self.points or raw_us <= 0:
             return line
-        raw = np.array([p["raw_us"] for p in self.points])
-        ratio = np.array([p["measured_us"] for p in self.points]) / np.maximum(self.scale * raw + self.offset_us, 1e-9)
+        raw, ratio = self._ratios()
         weight = np.exp(-(((raw - raw_us) / (self.LOCAL_WIDTH * raw_us)) ** 2))
         return line * float((np.sum(weight * ratio) + self.LOCAL_PRIOR) / (np.sum(weight) + self.LOCAL_PRIOR))
+
+    def _ratios(self) -> tuple[np.ndarray, np.ndarray]:
+        """The points' sums and measured/line ratios, computed once per set of points and fit
+        (predictions ask for them thousands of times in a search)."""
+        key = (id(self.points), len(self.points), self.scale, self.offset_us)  # points are only ever appended
+        if getattr(self, "_cached", (None,))[0] != key:
+            raw = np.array([p["raw_us"] for p in self.points])
+            ratio = np.array([p["measured_us"] for p in self.points]) / np.maximum(self.line(raw), 1e-9)
+            self._cached = (key, raw, ratio)
+        return self._cached[1], self._cached[2]
 
     def fit(self) -> None:
         if not self.points:
@@ -398,10 +404,12 @@ class LatencyTable:
             domain = space.domains.get(f"prune/{group}") if group else None
             return sorted({kept_for(inventory.groups[group], r, cfg.channel_multiple) for r in domain}) if domain else [full]
 
+        feeding = input_groups(inventory)
+
         def in_counts(layer: Layer) -> list[int]:
             if layer.groups != 1:
                 return [layer.in_channels]
-            removed = [[g.channels - c for c in counts(g.name, g.channels)] for g in input_groups(inventory, layer)]
+            removed = [[g.channels - c for c in counts(g.name, g.channels)] for g in feeding.get(layer.name, ())]
             return sorted({layer.in_channels - sum(r) for r in itertools.product(*removed)})
 
         seen: dict[str, LayerChoiceShape] = {}
@@ -412,7 +420,7 @@ class LatencyTable:
             for c_in, c_out in pairs:
                 for bits in space.domains.get(f"bits/{layer.name}", (32,)):
                     for rank in space.domains.get(f"rank/{layer.name}", (1.0,)):
-                        for decomp in _decompositions(space, layer) if rank < 1.0 else ("svd",):
+                        for decomp in space.decompositions(layer.name) if rank < 1.0 else ("svd",):
                             choice = LayerChoiceShape(layer, c_in, c_out, bits, rank, decomp)
                             seen.setdefault(choice.key, choice)
         for op in inventory.elementwise.values():

@@ -195,9 +195,19 @@ class SearchSpace:
                 rank[target] = value
             elif kind == "decomp":
                 decomp[target] = value
-        if self.config.decompositions == ("tucker2",):  # the only decomposition of kh x kw convs
-            decomp.update({n: "tucker2" for n in rank if is_spatial_conv(self.inventory.layers[n])})
+        for name in rank:  # a layer without a decomp dimension takes its one decomposition
+            if f"decomp/{name}" not in self.domains:
+                decomp[name] = self.decompositions(name)[0]
         return Policy(prune, bits, rank, decomp)
+
+    def decompositions(self, layer: str) -> tuple[str, ...]:
+        """The decompositions ``layer`` can take when factorized: its ``decomp/`` domain, or
+        the one the config allows (Tucker-2 for kh x kw convs only when it alone is allowed)."""
+        domain = self.domains.get(f"decomp/{layer}")
+        if domain is not None:
+            return tuple(domain)
+        only_tucker = self.config.decompositions == ("tucker2",) and is_spatial_conv(self.inventory.layers[layer])
+        return ("tucker2",) if only_tucker else ("svd",)
 
     def sample(self, rng: random.Random) -> Policy:
         return self.from_params({n: rng.choice(d) for n, d in self.domains.items()})
