@@ -73,7 +73,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--searchers", default="tpe,nsga2,amc,random")
     parser.add_argument("--distill-steps", type=int, default=60)
-    parser.add_argument("--metric-floor", type=float, default=None, help="reference metric (default 0.8 x the original's)")
+    parser.add_argument("--metric-floor", type=float, default=None, help="reference metric (default: --floor-fraction x the original's)")
+    parser.add_argument("--floor-fraction", type=float, default=0.8,
+                        help="reference metric as a fraction of the original's (inverted where lower is better; default 0.8)")
+    parser.add_argument("--out", default=None, help="results file name under benchmarks/results (default searchers-<task>.json)")
     parser.add_argument("--no-repair", action="store_true", help="compare the searchers without budget repair")
     parser.add_argument("--keep-runs", default=None, help="folder for the run directories (default: a temporary one)")
     args = parser.parse_args()
@@ -96,7 +99,7 @@ def main() -> None:
             result = run_search(config, console=console, task=task)
             wall = time.perf_counter() - t0
             baseline = {"latency_ms": result.baseline_ms, "metric": result.baseline_metric, "budget_ms": result.budget_ms}
-            default_floor = (0.8 if task.higher_is_better else 1.25) * result.baseline_metric
+            default_floor = (args.floor_fraction if task.higher_is_better else 1.0 / args.floor_fraction) * result.baseline_metric
             floor = args.metric_floor if args.metric_floor is not None else default_floor
             hv, overheads = curve(run_dir, floor, result.baseline_ms, result.budget_ms, task.higher_is_better)
             box = result.baseline_ms * abs(result.baseline_metric - floor)
@@ -108,14 +111,27 @@ def main() -> None:
             print(f"{name} seed {seed}: hypervolume {hv[-1] / box if hv else 0.0:.4f} after {len(hv)} trials, {wall:.0f} s", flush=True)
 
     checkpoints = sorted({max(1, args.trials // 4), max(1, args.trials // 2), args.trials})
-    header = "| searcher | " + " | ".join(f"HV @ {k}" for k in checkpoints) + " | median overhead (ms) | repaired | infeasible |"
-    lines = [header, "|" + " --- |" * (len(checkpoints) + 4)]
+    best = max((h for runs in results.values() for r in runs for h in r["hypervolume"]), default=0.0)
+
+    def to_reach(hv: list[float]) -> int | None:
+        """Fine-tuned trials until 95% of the best hypervolume any run saw (None: never)."""
+        if best <= 0:
+            return None
+        return next((i + 1 for i, h in enumerate(hv) if h >= 0.95 * best), None)
+
+    header = ("| searcher | " + " | ".join(f"HV @ {k}" for k in checkpoints)
+              + " | trials to 95% of best (per seed) | median overhead (ms) | repaired | infeasible |")
+    lines = [header, "|" + " --- |" * (len(checkpoints) + 5)]
     for name, runs in results.items():
         cells = []
         for k in checkpoints:
             values = [r["hypervolume"][min(k, len(r["hypervolume"])) - 1] if r["hypervolume"] else 0.0 for r in runs]
             spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
             cells.append(f"{statistics.mean(values):.3f}{spread}")
+        reach = [to_reach(r["hypervolume"]) for r in runs]
+        for r, k in zip(runs, reach):
+            r["trials_to_95pct_of_best"] = k
+        cells.append(", ".join(str(k) if k is not None else f">{len(r['hypervolume'])}" for r, k in zip(runs, reach)))
         overhead = statistics.median([o for r in runs for o in r["overhead_s"]] or [0.0]) * 1000
         repaired = sum(r["counts"].get("repaired", 0) for r in runs)
         infeasible = sum(r["counts"].get("infeasible", 0) for r in runs)
@@ -124,10 +140,11 @@ def main() -> None:
     print(f"\n{args.task}, budget {args.latency_budget} ({baseline.get('budget_ms', 0):.3f} ms), {args.trials} trials, "
           f"seeds {seeds}, {args.distill_steps} distillation steps; hypervolume on predicted latency, normalized\n")
     print(table)
-    out = Path(__file__).parent / "results" / f"searchers-{task.name}.json"
+    out = Path(__file__).parent / "results" / (args.out or f"searchers-{task.name}.json")
     atomic_write_json(out, {
         "schema": 1, "task": task.name, "latency_budget": args.latency_budget, "trials": args.trials, "seeds": seeds,
         "distill_steps": args.distill_steps, "repair": not args.no_repair, "metric_floor": args.metric_floor,
+        "floor_fraction": args.floor_fraction, "best_hypervolume": best,
         "hypervolume_latency": "predicted", "baseline": baseline, "table": table, "runs": results,
     })
     print(f"\nwritten: {out}")
