@@ -373,7 +373,7 @@ def _lut(args: argparse.Namespace) -> int:
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("measuring random candidates", total=args.samples)
         if not table.is_calibrated(bench.inventory):
-            table.calibrate(bench.inventory, bench.space, bench.measure_policy, seed=args.seed + 1)
+            table.calibrate(bench.inventory, bench.space, bench.measure_policy, seed=args.seed)
         absolute, relative = validate(table, bench.inventory, bench.space, bench.measure_with_original, args.samples, args.seed,
                                       on_sample=lambda i: progress.update(bar, completed=i))
     table.save()

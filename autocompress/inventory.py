@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from autocompress.errors import UserError
 
-__all__ = ["Elementwise", "Group", "Layer", "LayerInventory", "attention_modules", "build_dependency_graph", "build_inventory", "fused_output", "is_depthwise", "trace"]
+__all__ = ["Elementwise", "Group", "Layer", "LayerInventory", "LayerLink", "attention_modules", "build_dependency_graph", "build_inventory", "fused_output", "is_depthwise", "trace"]
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 _RELU_FUNCS = {torch.relu, nn.functional.relu, torch.relu_}
@@ -79,10 +79,23 @@ class Elementwise:
 
 
 @dataclass(frozen=True)
+class LayerLink:
+    """Which layers meet a layer's tensors directly (through a sole BatchNorm and ReLU only):
+    the layer whose result it reads, the layers reading its result, and whether anything
+    else reads it. A float layer between two int8 layers reads and writes quantized tensors,
+    and ONNX Runtime then runs it as an integer kernel too."""
+
+    reads: str | None
+    feeds: tuple[str, ...]
+    feeds_other: bool
+
+
+@dataclass(frozen=True)
 class LayerInventory:
     layers: Mapping[str, Layer]
     groups: Mapping[str, Group]
     elementwise: Mapping[str, Elementwise] = field(default_factory=dict)
+    links: Mapping[str, LayerLink] = field(default_factory=dict)  # not part of the fingerprint
 
     @property
     def fingerprint(self) -> str:
@@ -388,7 +401,20 @@ def build_inventory(
         if q is not None:
             group = f"{owner}.heads" if f"{owner}.heads" in groups else None
             elementwise[f"{owner}.core"] = Elementwise(f"{owner}.core", "attention", q.output_shape, None, group, module.head_dim)
-    return LayerInventory(layers=layers, groups=groups, elementwise=elementwise)
+    return LayerInventory(layers=layers, groups=groups, elementwise=elementwise, links=_layer_links(gm, gm_modules, layers))
+
+
+def _layer_links(gm: torch.fx.GraphModule, modules: Mapping[str, nn.Module], layers: Mapping[str, Layer]) -> dict[str, LayerLink]:
+    nodes = {str(n.target): n for n in gm.graph.nodes if n.op == "call_module" and str(n.target) in layers}
+    writer = {fused_output(node, modules)[0]: name for name, node in nodes.items()}
+    links = {}
+    for name, node in nodes.items():
+        point = fused_output(node, modules)[0]
+        feeds = tuple(sorted(str(u.target) for u in point.users if u in nodes.values()))
+        other = any(u not in nodes.values() for u in point.users)
+        source = node.args[0] if node.args else None
+        links[name] = LayerLink(writer.get(source) if isinstance(source, torch.fx.Node) else None, feeds, other)
+    return links
 
 
 def _source_layer(node: torch.fx.Node, modules: Mapping[str, nn.Module], layers: Mapping[str, Layer]) -> str | None:

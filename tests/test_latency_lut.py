@@ -9,7 +9,7 @@ import torch
 
 from autocompress.errors import UserError
 from autocompress.inventory import build_inventory
-from autocompress.latency_lut._table import effective_elementwise
+from autocompress.latency_lut._table import effective_elementwise, junction_saving_us
 from autocompress.latency_lut import (
     Calibration,
     LatencyTable,
@@ -139,26 +139,37 @@ def saved_table(tmp_path_factory, backend, resnet_inventory, policy):
     seen: list[str] = []
     table.on_measure = seen.append
     raw = table.raw_us(resnet_inventory, policy)
-    n_layers = len(resnet_inventory.layers) + len(resnet_inventory.elementwise)  # layers and residual adds
-    assert len(resnet_inventory.elementwise) == 3
-    assert table.measured_now == n_layers == len(seen) == len(table.entries)
+    layers, adds, junctions = table.choices(resnet_inventory, policy)
+    assert len(adds) == len(resnet_inventory.elementwise) == 3 and len(layers) == len(resnet_inventory.layers)
+    n_entries = len(layers) + len(adds) + len({j.key for sides, _ in junctions for j in sides})
+    assert table.measured_now == n_entries == len(seen) == len(table.entries)
     # Measuring again reuses the entries.
     assert table.raw_us(resnet_inventory, policy) == raw
-    assert table.measured_now == n_layers
+    assert table.measured_now == n_entries
     assert not path.exists()  # nothing is written until save()
     table.save()
     return path, dict(table.entries), raw
+
+
+def _junctions(inventory, policy):
+    return LatencyTable(Path("unused.json"), OrtCpuBackend(), channel_multiple=MULTIPLE).choices(inventory, policy)[2]
 
 
 def test_table_entries_measured_and_structured(saved_table, resnet_inventory, policy):
     _path, entries, raw = saved_table
     keys = {c.key for c in effective_layers(resnet_inventory, policy, MULTIPLE)}
     keys |= {c.key for c in effective_elementwise(resnet_inventory, policy, MULTIPLE)}
-    assert set(entries) == keys
-    for e in entries.values():
+    junctions = _junctions(resnet_inventory, policy)
+    junction_keys = {j.key for sides, _ in junctions for j in sides}
+    assert junction_keys and all(k.startswith("junction|") for k in junction_keys)
+    assert set(entries) == keys | junction_keys
+    for key, e in entries.items():
         assert set(e) == {"median_us", "p10_us", "p90_us", "runs", "ref_us"}
-        assert e["p10_us"] <= e["median_us"] <= e["p90_us"] and e["runs"] >= 5 and e["ref_us"] > 0
-    assert raw == pytest.approx(sum(e["median_us"] for e in entries.values()))
+        assert e["p10_us"] <= e["median_us"] <= e["p90_us"] and e["runs"] >= 1 and e["ref_us"] > 0
+        assert key in junction_keys or e["runs"] >= 5
+    saving = junction_saving_us(junctions, lambda j: entries[j.key]["median_us"])
+    assert 0 <= saving <= sum(entries[j.key]["median_us"] for sides, _ in junctions for j in sides) + 1e-9
+    assert raw == pytest.approx(sum(entries[k]["median_us"] for k in keys) - saving)
 
 
 def test_table_persisted_and_reused(saved_table, backend, resnet_inventory, policy):
@@ -173,8 +184,8 @@ def test_table_persisted_and_reused(saved_table, backend, resnet_inventory, poli
     reopened.on_measure = lambda key: pytest.fail(f"re-measured {key}")
     ref_now = reopened.freeze_reference()
     # Uncalibrated: the sum of the entries, each rescaled to the machine speed of now.
-    expected = sum(e["median_us"] * ref_now / e["ref_us"] for e in entries.values())
-    assert reopened.predict_us(resnet_inventory, policy) == pytest.approx(expected)
+    (ref_then,) = {e["ref_us"] for e in entries.values()}  # one frozen reference when measured
+    assert reopened.predict_us(resnet_inventory, policy) == pytest.approx(raw * ref_now / ref_then)
     assert reopened.measured_now == 0
     assert not reopened.is_calibrated(resnet_inventory)
 
@@ -445,3 +456,78 @@ def test_concatenated_inputs_lose_every_pruned_piece():
         module = student[choice.layer.name]
         if isinstance(module, nn.Conv2d):
             assert module.in_channels == choice.in_channels, choice.layer.name
+
+
+# -- what the runtime executes between layers ------------------------------------------------
+def test_junction_saving_counts_the_conversions_a_tensor_avoids():
+    from autocompress.latency_lut._table import JunctionShape
+
+    def j(bits: int) -> JunctionShape:
+        return JunctionShape(1, 8, (4, 4), bits)
+
+    half = {32: 1.0, 8: 3.0}
+    saving = lambda groups: junction_saving_us(groups, lambda x: half[x.bits])  # noqa: E731
+    assert saving([([j(32), j(32), j(32)], False)]) == 3.0  # one layout throughout: nothing converted
+    assert saving([([j(32), j(32)], True)]) == 1.0  # a plain-layout reader: converted once
+    assert saving([([j(32), j(8), j(8)], False)]) == 7.0 - 4.0  # two precisions: each converted once
+    assert saving([([j(8)], True), ([j(32), j(32)], False)]) == 2.0  # tensors add up
+
+
+def test_layer_links_follow_the_graph(resnet_inventory):
+    links = resnet_inventory.links
+    assert links["layer1.0.conv1"].reads == "stem.0" and links["layer1.0.conv1"].feeds == ("layer1.0.conv2",)
+    assert not links["layer1.0.conv1"].feeds_other
+    assert links["stem.0"].reads is None and links["stem.0"].feeds_other  # the residual add reads it too
+    assert links["layer1.0.conv2"].feeds == () and links["layer1.0.conv2"].feeds_other
+    assert links["layer2.0.conv1"].reads is None  # it reads the residual sum
+
+
+def test_float_layer_between_int8_layers_runs_as_int8(resnet_inventory, backend, tmp_path):
+    """The table's precision of each layer is the one ONNX Runtime executes: counted as
+    integer conv kernels in the optimized graph, for policies with and without sandwiches."""
+    import onnx
+
+    from autocompress import compress
+    from autocompress.latency_lut._table import runs_as_int8
+    from conftest import make_resnet
+
+    int8 = {"stem.0": 8, "layer1.0.conv2": 8}
+    assert runs_as_int8(resnet_inventory, Policy(bits=int8), "layer1.0.conv1")
+    assert not runs_as_int8(resnet_inventory, Policy(bits=int8, rank={"layer1.0.conv1": 0.5}), "layer1.0.conv1")
+    assert not runs_as_int8(resnet_inventory, Policy(bits={"stem.0": 8}), "layer1.0.conv1")
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    for policy in (Policy(bits=int8), Policy(bits={**int8, "layer2.0.conv1": 8}, rank={"layer1.0.conv2": 0.5}),
+                   Policy(bits={"layer1.0.conv1": 8})):
+        model = compress.apply(make_resnet(8), resnet_inventory, policy, (x,), [(x,)], channel_multiple=MULTIPLE)
+        backend.session(to_onnx_bytes(model, (x,)), tmp_path / "opt.onnx")
+        kernels = sum(n.op_type == "QLinearConv" for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+        expected = sum(1 if c.rank_ratio >= 1 else 2 for c in effective_layers(resnet_inventory, policy, MULTIPLE)
+                       if c.bits == 8 and c.layer.kind == "conv")
+        assert kernels == expected
+
+
+def test_interleaved_timing_does_not_time_cold_caches():
+    """Interleaving a model with a bigger one must not time the calls that reload its
+    weights: each model's turn starts with untimed calls, so its median is its warm speed."""
+    from autocompress.latency_lut import LatencyBackend, Measurable, Timing
+
+    class Caches(LatencyBackend):
+        """Two models share one cache; the first call after the other model ran is 10x slower."""
+
+        name = "caches"
+        last: list = [None]
+
+        def profile(self) -> dict:
+            return {}
+
+        def prepare(self, item: Measurable):
+            def run() -> float:
+                cold, self.last[0] = self.last[0] is not item, item
+                return (10.0 if cold else 1.0) * 1e-3
+            return run
+
+    backend = Caches(timing=Timing(warmup=1, min_runs=10, min_time_s=0.0))
+    a, b = (Measurable.from_onnx(b"model", {}) for _ in range(2))
+    timings = backend.measure_many([a, b], rounds=10)  # 1 timed call per model per round
+    assert [t.median_us for t in timings] == [1000.0, 1000.0]
+    assert max(t.p90_us for t in timings) == 1000.0

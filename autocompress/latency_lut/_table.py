@@ -7,9 +7,13 @@ entry is measured as a small ONNX graph built by the very code that builds candi
 
 Entries are measured on demand and kept: in the run's table and in a table shared by every
 run on the same target profile, so a second run on the same model measures nothing new.
-The per-layer sum misses what no policy changes (pooling, adds, runtime overhead) and what
-fuses across layers; a linear correction fitted to whole-model measurements covers both,
-and its data are kept with the table.
+Each layer's graph pays the layout conversions at its input and output that a chain of
+layers in one precision does not (ONNX Runtime's blocked NCHWc layout for float convs, the
+NHWC transposes and quantize/dequantize around integer ones): junction entries measure that
+conversion per tensor and precision, and the sum gives back what a tensor whose layers all
+share one precision does not pay. The sum still misses what no policy changes (pooling,
+runtime overhead); a linear correction fitted to whole-model measurements covers it, and its
+data are kept with the table.
 """
 
 from __future__ import annotations
@@ -33,9 +37,13 @@ from autocompress.inventory import Elementwise, Group, Layer, LayerInventory, is
 from autocompress.latency_lut._backend import LatencyBackend, Measurable, Measurement, profile_id
 from autocompress.spaces import Policy, SearchSpace, kept_for
 
-__all__ = ["Calibration", "ElementwiseChoiceShape", "LatencyTable", "LayerChoiceShape", "effective_elementwise", "effective_layers"]
+__all__ = [
+    "Calibration", "ElementwiseChoiceShape", "JunctionShape", "LatencyTable", "LayerChoiceShape", "effective_elementwise",
+    "effective_bits", "effective_layers", "junction_groups", "runs_as_int8",
+]
 
 SCHEMA = 1
+RAW_VERSION = 2  # what a calibration point's raw_us sums (2: junction savings subtracted)
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,69 @@ class ElementwiseChoiceShape:
         return f"{self.op.kind}|{dims}|a{self.op.activation or 'none'}"
 
 
+@dataclass(frozen=True)
+class JunctionShape:
+    """A conv's tensor in one precision: half the layout conversion (in plus out) that a lone
+    layer's graph pays and a chain of layers in that precision does not."""
+
+    batch: int
+    channels: int
+    spatial: tuple[int, int]
+    bits: int
+
+    @property
+    def key(self) -> str:
+        return f"junction|{self.batch}x{self.channels}x{self.spatial[0]}x{self.spatial[1]}|b{self.bits}"
+
+
+def junction_groups(inventory: LayerInventory) -> list[tuple[list[tuple[str, str]], bool]]:
+    """Per group, the conv layers that write or read its tensor directly, as (layer, "out"
+    or "in"), and whether something outside the table's convs also touches it (a linear
+    layer, a concatenation, the model's output), which needs the plain layout."""
+    out = []
+    for group in inventory.groups.values():
+        sides: list[tuple[str, str]] = []
+        plain = False
+        for name in group.layers:
+            layer = inventory.layers[name]
+            if layer.kind != "conv" or layer.is_output:
+                plain = True
+            if layer.kind == "conv":
+                sides.append((name, "out"))
+        for name in group.consumers:
+            layer = inventory.layers[name]
+            if layer.kind != "conv" or layer.in_channels != group.channels:
+                plain = True
+            else:
+                sides.append((name, "in"))
+        if sides:
+            out.append((sides, plain))
+    return out
+
+
+def _side_junction(choice: "LayerChoiceShape", side: str) -> JunctionShape:
+    l = choice.layer
+    shape = l.output_shape if side == "out" else l.input_shape
+    channels = choice.out_channels if side == "out" else choice.in_channels
+    return JunctionShape(int(shape[0]), channels, (int(shape[2]), int(shape[3])), choice.bits)
+
+
+def junction_saving_us(groups: list[tuple[list[JunctionShape], bool]], entry_us: Callable[[JunctionShape], float]) -> float:
+    """What the layers' graphs paid for conversions that the whole model does not: every
+    side's half conversion, less one per precision where a tensor's sides differ in
+    precision or the plain layout is needed (the runtime converts once per layout)."""
+    saving = 0.0
+    for sides, plain in groups:
+        per_bits: dict[int, float] = {}
+        charged = 0.0
+        for junction in sides:
+            us = entry_us(junction)
+            charged += us
+            per_bits.setdefault(junction.bits, us)
+        saving += charged - (0.0 if len(per_bits) == 1 and not plain else sum(per_bits.values()))
+    return saving
+
+
 def channel_axis(shape: tuple[int, ...] | list[int]) -> int:
     """Channels are axis 1 of an (N, C, H, W) tensor and the last axis of a (batch, tokens,
     features) or (batch, features) one."""
@@ -114,6 +185,22 @@ def input_groups(inventory: LayerInventory) -> dict[str, list[Group]]:
     return out
 
 
+def runs_as_int8(inventory: LayerInventory, policy: Policy, name: str) -> bool:
+    """A float, unfactorized layer that reads an int8 layer's result directly and whose result
+    only int8 layers read: its input and output are quantized tensors, and ONNX Runtime
+    quantizes its weights too (WeightBiasQuantization), so it runs as an integer kernel."""
+    link = inventory.links.get(name)
+    if link is None or policy.bits_of(name) != 32 or policy.rank_ratio(name) < 1.0:
+        return False
+    return (link.reads is not None and policy.bits_of(link.reads) == 8 and bool(link.feeds) and not link.feeds_other
+            and all(policy.bits_of(f) == 8 for f in link.feeds))
+
+
+def effective_bits(inventory: LayerInventory, policy: Policy, name: str) -> int:
+    """The precision the runtime executes a layer in."""
+    return 8 if runs_as_int8(inventory, policy, name) else policy.bits_of(name)
+
+
 def effective_layers(inventory: LayerInventory, policy: Policy, channel_multiple: int) -> list[LayerChoiceShape]:
     kept: dict[str, int] = {
         g.name: kept_for(g, policy.prune_ratio(g.name), channel_multiple) for g in inventory.groups.values()
@@ -128,7 +215,7 @@ def effective_layers(inventory: LayerInventory, policy: Policy, channel_multiple
             c_in = layer.in_channels - sum(g.channels - kept[g.name] for g in feeding.get(layer.name, ()))
         else:
             c_in = layer.in_channels
-        out.append(LayerChoiceShape(layer, c_in, c_out, policy.bits_of(layer.name), policy.rank_ratio(layer.name),
+        out.append(LayerChoiceShape(layer, c_in, c_out, effective_bits(inventory, policy, layer.name), policy.rank_ratio(layer.name),
                                     policy.decomposition(layer.name)))
     return out
 
@@ -192,6 +279,26 @@ class _AttentionCore(nn.Module):
         q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim)) + mask_bias
         return torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, s, -1)
+
+
+def _conv_chain(junction: JunctionShape, n: int, channel_multiple: int) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """``n`` 1x1 convs (with ReLU) on the junction's tensor, in its precision."""
+    from autocompress import compress
+    from autocompress.inventory import build_inventory
+
+    c = junction.channels
+    model = nn.Sequential(*[m for _ in range(n) for m in (nn.Conv2d(c, c, 1), nn.ReLU())]).eval()
+    x = torch.rand((junction.batch, c, *junction.spatial), generator=torch.Generator().manual_seed(0))
+    if junction.bits == 32:
+        return model, (x,)
+    inv = build_inventory(model, (x,))
+    policy = Policy(bits={name: junction.bits for name in inv.layers})
+    return compress.apply(model, inv, policy, (x,), [(x,)], channel_multiple=channel_multiple), (x,)
+
+
+class _Relu(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
 
 
 def _micro_elementwise(choice: ElementwiseChoiceShape) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
@@ -284,6 +391,7 @@ class LatencyTable:
         self._saved_at = time.monotonic()
         self._reference: tuple[float, float] | None = None  # (measured at, us)
         self._reference_history: list[tuple[float, float]] = []
+        self._junctions: dict[str, list[tuple[list[tuple[str, str]], bool]]] = {}
 
     @classmethod
     def default_shared_path(cls, backend: LatencyBackend) -> Path:
@@ -320,7 +428,8 @@ class LatencyTable:
         self.entries.update(data["entries"])
         if take_calibrations:
             for fp, c in (data.get("calibrations") or {}).items():
-                self.calibrations[fp] = Calibration(c["scale"], c["offset_us"], list(c.get("points", [])))
+                if c.get("raw_version", 1) == RAW_VERSION:  # older points summed differently: calibrate again
+                    self.calibrations[fp] = Calibration(c["scale"], c["offset_us"], list(c.get("points", [])))
 
     def to_dict(self, with_calibrations: bool = True) -> dict:
         return {
@@ -329,7 +438,8 @@ class LatencyTable:
             "profile_id": self.profile_id,
             "entries": self.entries,
             "calibrations": {
-                fp: {"scale": c.scale, "offset_us": c.offset_us, "points": c.points} for fp, c in self.calibrations.items()
+                fp: {"scale": c.scale, "offset_us": c.offset_us, "points": c.points, "raw_version": RAW_VERSION}
+                for fp, c in self.calibrations.items()
             } if with_calibrations else {},
         }
 
@@ -350,12 +460,23 @@ class LatencyTable:
             atomic_write_json(self.shared_path, merged)
 
     # -- measurement -------------------------------------------------------------------
-    def _measure_choice(self, choice: LayerChoiceShape | ElementwiseChoiceShape) -> Measurement:
+    def _measure_choice(self, choice: LayerChoiceShape | ElementwiseChoiceShape | JunctionShape) -> Measurement:
+        if isinstance(choice, JunctionShape):
+            return self._measure_junction(choice)
         if isinstance(choice, ElementwiseChoiceShape):
             model, inputs = _micro_elementwise(choice)
         else:
             model, inputs = _micro_model(choice, self.channel_multiple)
         return self.backend.measure(Measurable.from_module(model, inputs))
+
+    def _measure_junction(self, junction: JunctionShape) -> Measurement:
+        """Half of (in + out) conversion = (2 t(one conv) - t(two convs) - t(an empty call)) / 2:
+        a second conv in the same precision adds its compute but no conversion."""
+        one, two = (Measurable.from_module(*_conv_chain(junction, n, self.channel_multiple)) for n in (1, 2))
+        empty = Measurable.from_module(_Relu().eval(), (torch.zeros(1, 4),))
+        t1, t2, t0 = (m.median_us for m in self.backend.measure_many([one, two, empty], rounds=3))
+        half = max(0.0, (2 * t1 - t2 - t0) / 2)
+        return Measurement(half, half, half, 1)
 
     def reference_us(self, refresh: bool = False) -> float:
         """The reference graph's latency now (re-timed when older than a few seconds).
@@ -380,7 +501,7 @@ class LatencyTable:
         self._reference = (float("inf"), us)
         return us
 
-    def entry_us(self, choice: LayerChoiceShape | ElementwiseChoiceShape) -> float:
+    def entry_us(self, choice: LayerChoiceShape | ElementwiseChoiceShape | JunctionShape) -> float:
         """The entry's latency at the machine speed of the current reference."""
         key = choice.key
         if key not in self.entries:
@@ -396,7 +517,9 @@ class LatencyTable:
         ref = entry.get("ref_us")
         return us * (self._reference[1] / ref) if ref and self._reference is not None else us
 
-    def reachable_choices(self, inventory: LayerInventory, space: SearchSpace) -> list[LayerChoiceShape | ElementwiseChoiceShape]:
+    def reachable_choices(
+        self, inventory: LayerInventory, space: SearchSpace
+    ) -> list[LayerChoiceShape | ElementwiseChoiceShape | JunctionShape]:
         """Every distinct layer configuration some policy of ``space`` can produce."""
         cfg = space.config
 
@@ -412,13 +535,25 @@ class LatencyTable:
             removed = [[g.channels - c for c in counts(g.name, g.channels)] for g in feeding.get(layer.name, ())]
             return sorted({layer.in_channels - sum(r) for r in itertools.product(*removed)})
 
-        seen: dict[str, LayerChoiceShape] = {}
+        def bits_of(name: str) -> tuple[int, ...]:
+            return tuple(space.domains.get(f"bits/{name}", (32,)))
+
+        def reachable_bits(name: str) -> list[int]:
+            """The layer's own bit widths, and int8 where its neighbours can make it run as int8."""
+            link = inventory.links.get(name)
+            own = list(bits_of(name))
+            if (link and link.reads and link.feeds and not link.feeds_other and 32 in own and 8 not in own
+                    and all(8 in bits_of(n) for n in (link.reads, *link.feeds))):
+                own.append(8)
+            return own
+
+        seen: dict[str, LayerChoiceShape | ElementwiseChoiceShape | JunctionShape] = {}
         for layer in inventory.layers.values():
             ins = in_counts(layer)
             outs = counts(layer.out_group, layer.out_channels)
             pairs = [(c, c) for c in outs] if is_depthwise(layer) else [(i, o) for i in ins for o in outs]
             for c_in, c_out in pairs:
-                for bits in space.domains.get(f"bits/{layer.name}", (32,)):
+                for bits in reachable_bits(layer.name):
                     for rank in space.domains.get(f"rank/{layer.name}", (1.0,)):
                         for decomp in space.decompositions(layer.name) if rank < 1.0 else ("svd",):
                             choice = LayerChoiceShape(layer, c_in, c_out, bits, rank, decomp)
@@ -428,6 +563,15 @@ class LatencyTable:
             for c in counts(op.group, group.channels) if group else [op.shape[channel_axis(op.shape)]]:
                 e = ElementwiseChoiceShape(op, c)
                 seen.setdefault(e.key, e)
+        by_name = {c.layer.name: c for c in seen.values() if isinstance(c, LayerChoiceShape)}
+        for sides, _ in junction_groups(inventory):
+            for name, side in sides:
+                layer = by_name[name].layer
+                channels = counts(layer.out_group, layer.out_channels) if side == "out" else in_counts(layer)
+                for c in channels:
+                    for bits in reachable_bits(name):
+                        j = _side_junction(LayerChoiceShape(layer, c, c, bits, 1.0), side)
+                        seen.setdefault(j.key, j)
         return list(seen.values())
 
     def build(self, inventory: LayerInventory, space: SearchSpace, on_entry: Callable[[int, int], None] | None = None) -> int:
@@ -452,8 +596,24 @@ class LatencyTable:
         """Plain sum of the layers' table entries (measuring what is missing), at the
         machine speed of the current reference."""
         self.reference_us()
-        layers = sum(self.entry_us(c) for c in effective_layers(inventory, policy, self.channel_multiple))
-        return layers + sum(self.entry_us(c) for c in effective_elementwise(inventory, policy, self.channel_multiple))
+        layers, elementwise, junctions = self.choices(inventory, policy)
+        return sum(self.entry_us(c) for c in (*layers, *elementwise)) - junction_saving_us(junctions, self.entry_us)
+
+    def choices(
+        self, inventory: LayerInventory, policy: Policy
+    ) -> tuple[list[LayerChoiceShape], list[ElementwiseChoiceShape], list[tuple[list[JunctionShape], bool]]]:
+        """What a prediction of ``policy`` sums: its layers, its element-wise ops, and per
+        tensor the junctions of the convs meeting there (with whether it needs the plain layout)."""
+        layers = effective_layers(inventory, policy, self.channel_multiple)
+        by_name = {c.layer.name: c for c in layers}
+        junctions = [([_side_junction(by_name[name], side) for name, side in sides], plain)
+                     for sides, plain in self._junction_groups(inventory)]
+        return layers, effective_elementwise(inventory, policy, self.channel_multiple), junctions
+
+    def _junction_groups(self, inventory: LayerInventory) -> list[tuple[list[tuple[str, str]], bool]]:
+        if inventory.fingerprint not in self._junctions:
+            self._junctions[inventory.fingerprint] = junction_groups(inventory)
+        return self._junctions[inventory.fingerprint]
 
     def predict_us(self, inventory: LayerInventory, policy: Policy, local: bool = True) -> float:
         """Calibrated whole-model latency of the candidate ``policy`` describes, in microseconds
@@ -495,13 +655,13 @@ class LatencyTable:
         inventory: LayerInventory,
         space: SearchSpace,
         measure_policy: Callable[[Policy], float],
-        n_random: int = 4,
+        n_random: int = 8,
         seed: int = 0,
         extra: Iterable[Policy] = (),
     ) -> Calibration:
         """Fit the whole-model correction on the baseline, the most aggressive policy and a
         few random ones; ``measure_policy`` builds, exports and times a policy (in us)."""
-        rng = random.Random(seed)
+        rng = random.Random(f"calibration-{seed}")  # not the draws of `lut validate --seed` (those must be unseen)
         policies = [space.baseline(), space.extreme(), *extra, *(space.sample(rng) for _ in range(n_random))]
         calibration = Calibration()
         for policy in policies:
