@@ -361,7 +361,7 @@ def _lut(args: argparse.Namespace) -> int:
             n = table.build(bench.inventory, bench.space, on_entry=lambda i, total: progress.update(bar, completed=i, total=total))
             table.save()
             progress.update(bar, description="calibrating on whole models", completed=0, total=None)
-            cal = table.calibrate(bench.inventory, bench.space, bench.measure_policy)
+            cal = table.calibrate(bench.inventory, bench.space, bench.measure_policies)
         table.save()
         console.print(
             f"{path}: {n} entries measured now ({len(table.entries)} in all) in {time.perf_counter() - t0:.1f} s; "
@@ -373,7 +373,7 @@ def _lut(args: argparse.Namespace) -> int:
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("measuring random candidates", total=args.samples)
         if not table.is_calibrated(bench.inventory):
-            table.calibrate(bench.inventory, bench.space, bench.measure_policy, seed=args.seed)
+            table.calibrate(bench.inventory, bench.space, bench.measure_policies, seed=args.seed)
         absolute, relative = validate(table, bench.inventory, bench.space, bench.measure_with_original, args.samples, args.seed,
                                       on_sample=lambda i: progress.update(bar, completed=i))
     table.save()

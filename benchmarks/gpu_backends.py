@@ -59,7 +59,7 @@ def run_backend(name: str, task, space: SpaceConfig, threads: int, samples: int,
                            on_entry=lambda i, n: print(f"[{name}]   {i}/{n}", flush=True) if i % 50 == 0 or i == n else None)
     build_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    calibration = table.calibrate(bench.inventory, bench.space, bench.measure_policy, seed=seed + 1)
+    calibration = table.calibrate(bench.inventory, bench.space, bench.measure_policies, seed=seed + 1)
     calibrate_s = time.perf_counter() - t1
     table.save()
     t2 = time.perf_counter()

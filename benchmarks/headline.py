@@ -275,7 +275,7 @@ def run_scaling() -> list[dict]:
         t0 = time.perf_counter()
         entries = bench.table.build(bench.inventory, bench.space)
         t_entries = time.perf_counter() - t0
-        bench.table.calibrate(bench.inventory, bench.space, bench.measure_policy)
+        bench.table.calibrate(bench.inventory, bench.space, bench.measure_policies)
         t_table = time.perf_counter() - t0
         bench.table.save()
         rc, wall = _cli("search", "--task", spec, "--latency-budget", "0.75x", "--trials", "4", "--run-dir",
@@ -385,11 +385,21 @@ ANCHORS = [
 ]
 
 
+def _commits(data: dict) -> str:
+    """The commit every part was measured at, or which parts were measured at which."""
+    by_code: dict[str, list[str]] = {}
+    for part, code in (data.get("code_of") or {}).items():
+        by_code.setdefault(code, []).append(part)
+    if len(by_code) <= 1:
+        return data.get("code", "unknown")
+    return "; ".join(f"{code} ({', '.join(parts)})" for code, parts in by_code.items())
+
+
 def render(data: dict) -> str:
     m = data["machine"]
     out = [BEGIN, "## Headline: where autocompress stands", "",
            f"Regenerated {data['generated']} by `.venv/bin/python benchmarks/headline.py` at commit "
-           f"{data.get('code', 'unknown')} on {m['cpu']} ({m['cores']} cores, "
+           f"{_commits(data)} on {m['cpu']} ({m['cores']} cores, "
            f"AVX-512 VNNI {'yes' if m['avx512_vnni'] else 'no'}, AMX {'yes' if m['amx'] else 'no'}), ONNX Runtime "
            f"{m['onnxruntime']} on CPU, 1 thread. Budgets are fractions of the original model's latency measured at "
            "the start of each search; speedups are the member's engine timed interleaved with the original in the "
@@ -508,6 +518,10 @@ def main() -> None:
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     data = json.loads(json.dumps(previous))  # parts not re-run keep their figures
     if not args.page_only:
+        code_of = data.setdefault("code_of", {})
+        for part in PARTS:  # figures kept from a regeneration that did not record its parts' commits
+            if part not in code_of and (data.get("searches", {}).get(part) or data.get(part)):
+                code_of[part] = previous.get("code", "unknown")
         data["machine"] = _machine()
         data["code"] = _code_version()
         for part in parts:
@@ -520,6 +534,7 @@ def main() -> None:
                 data["floor"] = run_floor(data.get("searches", {}).get("demo", []))
             elif part == "scaling":
                 data["scaling"] = run_scaling()
+            data.setdefault("code_of", {})[part] = data["code"]
             RESULTS.write_text(json.dumps(data, indent=1))
         data["generated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         data["previous_generated"] = previous.get("generated")

@@ -292,6 +292,23 @@ def test_calibration_learns_a_local_bias_from_nearby_measurements():
     assert plain.apply(500.0) == pytest.approx(1000.0, rel=1e-6)  # points on the line: nothing to correct
 
 
+def test_calibration_tells_integer_models_from_float_ones_at_the_same_sum():
+    """At one sum, all-int8 models measure 8% below the line and float ones 8% above: a
+    query that gives its integer share borrows the bias of its own kind."""
+    points = [{"policy": f"l{i}", "raw_us": r, "int_share": 0.5, "measured_us": 2.0 * r} for i, r in enumerate([100.0, 1000.0, 2000.0])]
+    points += [{"policy": f"i{i}", "raw_us": r, "int_share": 1.0, "measured_us": 0.92 * 2.0 * r} for i, r in enumerate([490.0, 500.0, 510.0])]
+    points += [{"policy": f"f{i}", "raw_us": r, "int_share": 0.0, "measured_us": 1.08 * 2.0 * r} for i, r in enumerate([490.0, 500.0, 510.0])]
+    cal = Calibration(points=points)
+    cal.fit()
+    truth_int8, truth_float = 0.92 * 1000.0, 1.08 * 1000.0
+    assert abs(cal.apply(500.0, 1.0) / truth_int8 - 1) < 0.03
+    assert abs(cal.apply(500.0, 0.0) / truth_float - 1) < 0.03
+    assert abs(cal.apply(500.0) / truth_int8 - 1) > 0.05  # by the sum alone the two kinds average out
+    old = Calibration(points=[{k: v for k, v in p.items() if k != "int_share"} for p in points])
+    old.fit()
+    assert old.apply(500.0, 1.0) == pytest.approx(old.apply(500.0))  # points without a share: sum only
+
+
 def test_calibration_degenerate_cases():
     empty = Calibration()
     empty.fit()
@@ -321,11 +338,11 @@ def test_table_calibrate_and_persist(saved_table, tmp_path, backend, resnet_inve
     table.freeze_reference()  # one machine speed for the whole test
     measured: list[Policy] = []
 
-    def fake_whole_model(policy: Policy) -> float:  # exactly linear in the table's own sum
-        measured.append(policy)
-        return 3.0 * table.raw_us(resnet_inventory, policy) + 25.0
+    def fake_whole_models(policies: list[Policy]) -> list[float]:  # exactly linear in the table's own sum
+        measured.extend(policies)
+        return [3.0 * table.raw_us(resnet_inventory, p) + 25.0 for p in policies]
 
-    cal = table.calibrate(resnet_inventory, space, fake_whole_model, n_random=1, seed=0)
+    cal = table.calibrate(resnet_inventory, space, fake_whole_models, n_random=1, seed=0)
     assert measured[0] == space.baseline() and measured[1] == space.extreme()
     assert len(cal.points) == 3
     assert cal.scale == pytest.approx(3.0, rel=1e-6)

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 SCHEMA = 1
-RAW_VERSION = 2  # what a calibration point's raw_us sums (2: junction savings subtracted)
+RAW_VERSION = 3  # what a calibration point's raw_us sums (2: junction savings subtracted; 3: with int_share)
 
 
 @dataclass(frozen=True)
@@ -314,13 +314,15 @@ def _micro_elementwise(choice: ElementwiseChoiceShape) -> tuple[nn.Module, tuple
 @dataclass
 class Calibration:
     """measured_us ~= scale * sum_of_layer_entries_us + offset_us, fitted on whole models,
-    then corrected locally: the line times the mean measured/line ratio of the points whose
-    sum is near the query's (Gaussian weights of width ``LOCAL_WIDTH`` of the sum), shrunk
-    toward 1 by a prior worth ``LOCAL_PRIOR`` points. A search's measured candidates gather
-    where it searches, so its predictions there learn the bias the global line leaves
-    (on pruned int8 MiniLM, the line alone under-predicted by 10-20%)."""
+    then corrected locally: the line times the mean measured/line ratio of the points near
+    the query, shrunk toward 1 by a prior worth ``LOCAL_PRIOR`` points. Near means a similar
+    sum (Gaussian weights of width ``LOCAL_WIDTH`` of the sum) and, where the points record
+    it, a similar share of the sum in integer layers (width ``LOCAL_INT_WIDTH``): on demo,
+    all-int8 candidates measured up to 9% below the line that mixed models set. A search's measured candidates gather where it
+    searches, so its predictions there learn the bias the global line leaves."""
 
     LOCAL_WIDTH = 0.1
+    LOCAL_INT_WIDTH = 0.1
     LOCAL_PRIOR = 0.5
 
     scale: float = 1.0
@@ -330,23 +332,29 @@ class Calibration:
     def line(self, raw_us: float) -> float:
         return self.scale * raw_us + self.offset_us
 
-    def apply(self, raw_us: float) -> float:
+    def apply(self, raw_us: float, int_share: float | None = None) -> float:
+        """The calibrated latency of a model whose entries sum to ``raw_us``, of which
+        ``int_share`` is in integer layers (``None``: weigh the points by their sums only)."""
         line = self.line(raw_us)
         if not self.points or raw_us <= 0:
             return line
-        raw, ratio = self._ratios()
-        weight = np.exp(-(((raw - raw_us) / (self.LOCAL_WIDTH * raw_us)) ** 2))
+        raw, share, ratio = self._ratios()
+        distance = ((raw - raw_us) / (self.LOCAL_WIDTH * raw_us)) ** 2
+        if int_share is not None:
+            distance = distance + np.where(np.isnan(share), 0.0, ((share - int_share) / self.LOCAL_INT_WIDTH) ** 2)
+        weight = np.exp(-distance)
         return line * float((np.sum(weight * ratio) + self.LOCAL_PRIOR) / (np.sum(weight) + self.LOCAL_PRIOR))
 
-    def _ratios(self) -> tuple[np.ndarray, np.ndarray]:
-        """The points' sums and measured/line ratios, computed once per set of points and fit
-        (predictions ask for them thousands of times in a search)."""
+    def _ratios(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The points' sums, integer shares (NaN where not recorded) and measured/line ratios,
+        computed once per set of points and fit (predictions ask thousands of times a search)."""
         key = (id(self.points), len(self.points), self.scale, self.offset_us)  # points are only ever appended
         if getattr(self, "_cached", (None,))[0] != key:
             raw = np.array([p["raw_us"] for p in self.points])
+            share = np.array([p.get("int_share", np.nan) for p in self.points], dtype=float)
             ratio = np.array([p["measured_us"] for p in self.points]) / np.maximum(self.line(raw), 1e-9)
-            self._cached = (key, raw, ratio)
-        return self._cached[1], self._cached[2]
+            self._cached = (key, raw, share, ratio)
+        return self._cached[1], self._cached[2], self._cached[3]
 
     def fit(self) -> None:
         if not self.points:
@@ -589,15 +597,26 @@ class LatencyTable:
         Every exported candidate of a search is measured anyway; feeding those back makes
         later predictions of the same run better without measuring anything more."""
         calibration = self.calibrations.setdefault(inventory.fingerprint, Calibration())
-        calibration.points.append({"policy": policy.digest, "raw_us": self.raw_us(inventory, policy), "measured_us": float(measured_us)})
+        calibration.points.append(self._point(inventory, policy, measured_us))
         calibration.fit()
+
+    def _point(self, inventory: LayerInventory, policy: Policy, measured_us: float) -> dict:
+        raw, share = self.raw_and_int_share(inventory, policy)
+        return {"policy": policy.digest, "raw_us": raw, "int_share": share, "measured_us": float(measured_us)}
 
     def raw_us(self, inventory: LayerInventory, policy: Policy) -> float:
         """Plain sum of the layers' table entries (measuring what is missing), at the
         machine speed of the current reference."""
+        return self.raw_and_int_share(inventory, policy)[0]
+
+    def raw_and_int_share(self, inventory: LayerInventory, policy: Policy) -> tuple[float, float]:
+        """The sum, and the share of it in layers that run integer kernels (8 bits or fewer)."""
         self.reference_us()
         layers, elementwise, junctions = self.choices(inventory, policy)
-        return sum(self.entry_us(c) for c in (*layers, *elementwise)) - junction_saving_us(junctions, self.entry_us)
+        per_layer = [self.entry_us(c) for c in layers]
+        raw = sum(per_layer) + sum(self.entry_us(c) for c in elementwise) - junction_saving_us(junctions, self.entry_us)
+        integer = sum(us for c, us in zip(layers, per_layer) if c.bits <= 8)
+        return raw, (integer / raw if raw > 0 else 0.0)
 
     def choices(
         self, inventory: LayerInventory, policy: Policy
@@ -618,11 +637,11 @@ class LatencyTable:
     def predict_us(self, inventory: LayerInventory, policy: Policy, local: bool = True) -> float:
         """Calibrated whole-model latency of the candidate ``policy`` describes, in microseconds
         (``local=False``: the fitted line alone, without the local correction)."""
-        raw = self.raw_us(inventory, policy)
+        raw, share = self.raw_and_int_share(inventory, policy)
         calibration = self.calibrations.get(inventory.fingerprint)
         if calibration is None:
             return raw
-        return calibration.apply(raw) if local else calibration.line(raw)
+        return calibration.apply(raw, share) if local else calibration.line(raw)
 
     def fastest(self, inventory: LayerInventory, space: SearchSpace, passes: int = 2) -> tuple[Policy, float]:
         """The fastest policy the space offers by the table, and its predicted latency (us).
@@ -654,19 +673,20 @@ class LatencyTable:
         self,
         inventory: LayerInventory,
         space: SearchSpace,
-        measure_policy: Callable[[Policy], float],
+        measure_policies: Callable[[list[Policy]], list[float]],
         n_random: int = 8,
         seed: int = 0,
         extra: Iterable[Policy] = (),
     ) -> Calibration:
         """Fit the whole-model correction on the baseline, the most aggressive policy and a
-        few random ones; ``measure_policy`` builds, exports and times a policy (in us)."""
+        few random ones; ``measure_policies`` builds, exports and times policies (in us each),
+        interleaved so that a passing disturbance of the machine cannot skew one of them."""
         rng = random.Random(f"calibration-{seed}")  # not the draws of `lut validate --seed` (those must be unseen)
         policies = [space.baseline(), space.extreme(), *extra, *(space.sample(rng) for _ in range(n_random))]
         calibration = Calibration()
-        for policy in policies:
-            raw = self.raw_us(inventory, policy)
-            calibration.points.append({"policy": policy.digest, "raw_us": raw, "measured_us": float(measure_policy(policy))})
+        measured = measure_policies(policies)
+        for policy, us in zip(policies, measured, strict=True):
+            calibration.points.append(self._point(inventory, policy, us))
         calibration.fit()
         self.calibrations[inventory.fingerprint] = calibration
         return calibration
