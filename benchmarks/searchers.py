@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--metric-floor", type=float, default=None, help="reference metric (default: --floor-fraction x the original's)")
     parser.add_argument("--floor-fraction", type=float, default=0.8,
                         help="reference metric as a fraction of the original's (inverted where lower is better; default 0.8)")
+    parser.add_argument("--best-hypervolume", type=float, default=None,
+                        help="the best hypervolume to reach 95%% of (default: the best any run of this table saw)")
     parser.add_argument("--out", default=None, help="results file name under benchmarks/results (default searchers-<task>.json)")
     parser.add_argument("--no-repair", action="store_true", help="compare the searchers without budget repair")
     parser.add_argument("--keep-runs", default=None, help="folder for the run directories (default: a temporary one)")
@@ -111,7 +113,8 @@ def main() -> None:
             print(f"{name} seed {seed}: hypervolume {hv[-1] / box if hv else 0.0:.4f} after {len(hv)} trials, {wall:.0f} s", flush=True)
 
     checkpoints = sorted({max(1, args.trials // 4), max(1, args.trials // 2), args.trials})
-    best = max((h for runs in results.values() for r in runs for h in r["hypervolume"]), default=0.0)
+    best = args.best_hypervolume if args.best_hypervolume is not None else max(
+        (h for runs in results.values() for r in runs for h in r["hypervolume"]), default=0.0)
 
     def to_reach(hv: list[float]) -> int | None:
         """Fine-tuned trials until 95% of the best hypervolume any run saw (None: never)."""
