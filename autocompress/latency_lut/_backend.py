@@ -15,8 +15,8 @@ Lifecycle of a backend (see :class:`LatencyBackend`):
    ``min_time_s`` seconds are both reached; ``measure_many(items, rounds)`` prepares all
    items first and then times them round by round, so that slow drifts of a shared
    machine affect them alike; each model's turn starts with a few untimed calls, since the
-   model before it evicted its weights from the caches (timing those calls made an int8
-   MiniLM 10-30% slower interleaved with its float original than alone). Both return :class:`Measurement` statistics.
+   model before it evicted its weights from the caches (an int8 MiniLM timed after its
+   float original otherwise runs its first calls of every round cold). Both return :class:`Measurement` statistics.
 
 A new backend implements ``profile`` and ``prepare``; the timing loop is shared.
 """
