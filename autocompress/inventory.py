@@ -406,14 +406,16 @@ def build_inventory(
 
 def _layer_links(gm: torch.fx.GraphModule, modules: Mapping[str, nn.Module], layers: Mapping[str, Layer]) -> dict[str, LayerLink]:
     nodes = {str(n.target): n for n in gm.graph.nodes if n.op == "call_module" and str(n.target) in layers}
-    writer = {fused_output(node, modules)[0]: name for name, node in nodes.items()}
+    layer_nodes = set(nodes.values())
+    point_of = {name: fused_output(node, modules)[0] for name, node in nodes.items()}
+    writer = {point: name for name, point in point_of.items()}
     links = {}
     for name, node in nodes.items():
-        point = fused_output(node, modules)[0]
-        feeds = tuple(sorted(str(u.target) for u in point.users if u in nodes.values()))
-        other = any(u not in nodes.values() for u in point.users)
+        users = point_of[name].users
+        feeds = tuple(sorted(str(u.target) for u in users if u in layer_nodes))
         source = node.args[0] if node.args else None
-        links[name] = LayerLink(writer.get(source) if isinstance(source, torch.fx.Node) else None, feeds, other)
+        links[name] = LayerLink(writer.get(source) if isinstance(source, torch.fx.Node) else None, feeds,
+                                any(u not in layer_nodes for u in users))
     return links
 
 

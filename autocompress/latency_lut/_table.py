@@ -39,7 +39,7 @@ from autocompress.spaces import Policy, SearchSpace, kept_for
 
 __all__ = [
     "Calibration", "ElementwiseChoiceShape", "JunctionShape", "LatencyTable", "LayerChoiceShape", "effective_elementwise",
-    "effective_bits", "effective_layers", "junction_groups", "runs_as_int8",
+    "calibration_policies", "effective_bits", "effective_layers", "junction_groups", "runs_as_int8",
 ]
 
 SCHEMA = 1
@@ -681,8 +681,7 @@ class LatencyTable:
         """Fit the whole-model correction on the baseline, the most aggressive policy and a
         few random ones; ``measure_policies`` builds, exports and times policies (in us each),
         interleaved so that a passing disturbance of the machine cannot skew one of them."""
-        rng = random.Random(f"calibration-{seed}")  # not the draws of `lut validate --seed` (those must be unseen)
-        policies = [space.baseline(), space.extreme(), *extra, *(space.sample(rng) for _ in range(n_random))]
+        policies = calibration_policies(space, n_random, seed, extra)
         calibration = Calibration()
         measured = measure_policies(policies)
         for policy, us in zip(policies, measured, strict=True):
@@ -690,6 +689,14 @@ class LatencyTable:
         calibration.fit()
         self.calibrations[inventory.fingerprint] = calibration
         return calibration
+
+
+def calibration_policies(space: SearchSpace, n_random: int = 8, seed: int = 0, extra: Iterable[Policy] = ()) -> list[Policy]:
+    """The whole models a calibration measures: the baseline, the most aggressive policy,
+    ``extra``, and ``n_random`` random ones from their own stream (not the draws of
+    `lut validate --seed`, which must be unseen)."""
+    rng = random.Random(f"calibration-{seed}")
+    return [space.baseline(), space.extreme(), *extra, *(space.sample(rng) for _ in range(n_random))]
 
 
 def _profile_diff(a: Mapping, b: Mapping) -> str:
