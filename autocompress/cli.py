@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--samples", type=int, default=20)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("--repeat", action="store_true",
+                   help="time every candidate again after the first pass and report how well the measurement agrees with itself")
     v.add_argument("--table", default=None, help=table_help)
     _target_and_space_options(v)
     return parser
@@ -371,15 +373,19 @@ def _lut(args: argparse.Namespace) -> int:
     from autocompress.latency_lut import validate
 
     with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task("measuring random candidates", total=args.samples)
+        bar = progress.add_task("measuring random candidates", total=args.samples * (2 if args.repeat else 1))
         if not table.is_calibrated(bench.inventory):
             table.calibrate(bench.inventory, bench.space, bench.measure_policies, seed=args.seed)
-        absolute, relative = validate(table, bench.inventory, bench.space, bench.measure_with_original, args.samples, args.seed,
-                                      on_sample=lambda i: progress.update(bar, completed=i))
+        reports = validate(table, bench.inventory, bench.space, bench.measure_with_original, args.samples, args.seed,
+                           on_sample=lambda i: progress.update(bar, completed=i), repeat=args.repeat)
     table.save()
+    absolute, relative = reports[:2]
     if args.json:
-        print(json.dumps({"task": args.task, "samples": args.samples, "profile": table.profile,
-                          **absolute.to_dict(), "relative_to_original": relative.to_dict()}, indent=2))
+        out = {"task": args.task, "samples": args.samples, "profile": table.profile,
+               **absolute.to_dict(), "relative_to_original": relative.to_dict()}
+        if args.repeat:
+            out["repeatability"] = {"latency": reports[2].to_dict(), "relative_to_original": reports[3].to_dict()}
+        print(json.dumps(out, indent=2))
         return 0
     for title, report, unit in (("latency", absolute, "us"), ("speed relative to the original, timed in the same round", relative, "x")):
         console.print(
@@ -388,6 +394,12 @@ def _lut(args: argparse.Namespace) -> int:
         )
         for w in report.worst(3):
             console.print(f"  {w['policy']}: predicted {w['predicted_us']:.3g}{unit}, measured {w['measured_us']:.3g}{unit} ({w['error']:+.1%})")
+    if args.repeat:
+        for title, report in (("latency", reports[2]), ("speed relative to the original", reports[3])):
+            console.print(
+                f"The measurement against itself (second timing vs first), {title}: median |difference| "
+                f"{report.median_abs_error:.1%}, within ±10% {report.within_10pct:.0%}, within ±5% {report.within_5pct:.0%}"
+            )
     return 0
 
 

@@ -22,7 +22,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from autocompress.errors import UserError
 
-__all__ = ["Elementwise", "Group", "Layer", "LayerInventory", "LayerLink", "attention_modules", "build_dependency_graph", "build_inventory", "fused_output", "is_depthwise", "trace"]
+__all__ = ["AddLink", "Elementwise", "Group", "Layer", "LayerInventory", "LayerLink", "attention_modules", "build_dependency_graph", "build_inventory", "fused_output", "is_depthwise", "trace"]
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 _RELU_FUNCS = {torch.relu, nn.functional.relu, torch.relu_}
@@ -83,11 +83,28 @@ class LayerLink:
     """Which layers meet a layer's tensors directly (through a sole BatchNorm and ReLU only):
     the layer whose result it reads, the layers reading its result, and whether anything
     else reads it. A float layer between two int8 layers reads and writes quantized tensors,
-    and ONNX Runtime then runs it as an integer kernel too."""
+    and ONNX Runtime then runs it as an integer kernel too. ``source`` names the tensor it
+    reads (the graph node), so layers reading one tensor that no layer writes (a residual
+    sum, the model input) are known to share it."""
 
     reads: str | None
     feeds: tuple[str, ...]
     feeds_other: bool
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class AddLink:
+    """What a residual add sums and where its result goes: ``inputs`` names the layer or
+    add whose result reaches each operand through BatchNorm and ReLU only ("" for anything
+    else), and ``result`` the graph node of its result (after a ReLU it is fused with),
+    which the layers reading it name as their ``LayerLink.source``. ONNX Runtime adds into
+    a float conv's output when every operand is a float conv's result, so whether the add
+    and its layout conversions cost anything depends on the precisions around it."""
+
+    inputs: tuple[str, ...]
+    result: str
+    other_readers: bool  # something besides layers reads the result (pooling, the output)
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,7 @@ class LayerInventory:
     groups: Mapping[str, Group]
     elementwise: Mapping[str, Elementwise] = field(default_factory=dict)
     links: Mapping[str, LayerLink] = field(default_factory=dict)  # not part of the fingerprint
+    add_links: Mapping[str, AddLink] = field(default_factory=dict)  # keyed like ``elementwise``; not part of the fingerprint
 
     @property
     def fingerprint(self) -> str:
@@ -401,7 +419,8 @@ def build_inventory(
         if q is not None:
             group = f"{owner}.heads" if f"{owner}.heads" in groups else None
             elementwise[f"{owner}.core"] = Elementwise(f"{owner}.core", "attention", q.output_shape, None, group, module.head_dim)
-    return LayerInventory(layers=layers, groups=groups, elementwise=elementwise, links=_layer_links(gm, gm_modules, layers))
+    return LayerInventory(layers=layers, groups=groups, elementwise=elementwise, links=_layer_links(gm, gm_modules, layers),
+                          add_links=_add_links(gm, gm_modules, layers, elementwise))
 
 
 def _layer_links(gm: torch.fx.GraphModule, modules: Mapping[str, nn.Module], layers: Mapping[str, Layer]) -> dict[str, LayerLink]:
@@ -414,8 +433,39 @@ def _layer_links(gm: torch.fx.GraphModule, modules: Mapping[str, nn.Module], lay
         users = point_of[name].users
         feeds = tuple(sorted(str(u.target) for u in users if u in layer_nodes))
         source = node.args[0] if node.args else None
-        links[name] = LayerLink(writer.get(source) if isinstance(source, torch.fx.Node) else None, feeds,
-                                any(u not in layer_nodes for u in users))
+        node_source = source if isinstance(source, torch.fx.Node) else None
+        links[name] = LayerLink(writer.get(node_source) if node_source is not None else None, feeds,
+                                any(u not in layer_nodes for u in users), node_source.name if node_source is not None else None)
+    return links
+
+
+def _add_links(
+    gm: torch.fx.GraphModule, modules: Mapping[str, nn.Module], layers: Mapping[str, Layer], elementwise: Mapping[str, Elementwise]
+) -> dict[str, AddLink]:
+    layer_nodes = {n for n in gm.graph.nodes if n.op == "call_module" and str(n.target) in layers}
+
+    def producer(node: object) -> str:
+        """The layer or add whose result reaches ``node`` through BatchNorm and ReLU only."""
+        while isinstance(node, torch.fx.Node):
+            if node in layer_nodes:
+                return str(node.target)
+            if node.name in elementwise:
+                return node.name
+            bn = node.op == "call_module" and isinstance(modules.get(str(node.target)), (nn.modules.batchnorm._BatchNorm, nn.ReLU))
+            if not (bn or _is_relu(node, modules)):
+                return ""
+            node = node.args[0] if node.args else None
+        return ""
+
+    links = {}
+    for node in gm.graph.nodes:
+        if node.name not in elementwise or elementwise[node.name].kind != "add":
+            continue
+        result = node
+        if len(node.users) == 1 and _is_relu(next(iter(node.users)), modules):
+            result = next(iter(node.users))
+        links[node.name] = AddLink(tuple(producer(a) for a in node.args if isinstance(a, torch.fx.Node)), result.name,
+                                   any(u not in layer_nodes for u in result.users))
     return links
 
 

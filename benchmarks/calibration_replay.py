@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def replay(run_dir: Path) -> dict[str, list[float]]:
     from autocompress.latency_lut import Calibration
-    from autocompress.latency_lut._table import calibration_policies
+    from autocompress.latency_lut._table import CALIBRATION_MAX_RANDOM, calibration_policies
     from autocompress.spaces import Policy
     from autocompress.study import SearchConfig, open_workbench
     from autocompress.task import load_task
@@ -41,7 +41,7 @@ def replay(run_dir: Path) -> dict[str, list[float]]:
     saved = json.loads((run_dir / "latency_table.json").read_text()).get("calibrations", {}).get(inventory.fingerprint)
     if not saved:
         raise SystemExit(f"{run_dir}: its table has no calibration points for this model.")
-    policies = {p.digest: p for p in calibration_policies(space, seed=config.seed)}
+    policies = {p.digest: p for p in calibration_policies(space, n_random=CALIBRATION_MAX_RANDOM, seed=config.seed)}
     study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{run_dir / 'study.db'}")
     for trial in study.get_trials(deepcopy=False):
         if "policy" in trial.user_attrs:

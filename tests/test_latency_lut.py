@@ -9,7 +9,7 @@ import torch
 
 from autocompress.errors import UserError
 from autocompress.inventory import build_inventory
-from autocompress.latency_lut._table import effective_elementwise, junction_saving_us
+from autocompress.latency_lut._table import junction_saving_us
 from autocompress.latency_lut import (
     Calibration,
     LatencyTable,
@@ -140,8 +140,9 @@ def saved_table(tmp_path_factory, backend, resnet_inventory, policy):
     table.on_measure = seen.append
     raw = table.raw_us(resnet_inventory, policy)
     layers, adds, junctions = table.choices(resnet_inventory, policy)
-    assert len(adds) == len(resnet_inventory.elementwise) == 3 and len(layers) == len(resnet_inventory.layers)
-    n_entries = len(layers) + len(adds) + len({j.key for sides, _ in junctions for j in sides})
+    # Only the add with an int8 operand runs apart; the float ones are computed inside a conv.
+    assert [a.op.name for a in adds] == ["add_1"] and len(layers) == len(resnet_inventory.layers)
+    n_entries = len(layers) + len(adds) + len({j.key for sides, _, unpaid in junctions for j in (*sides, *unpaid)})
     assert table.measured_now == n_entries == len(seen) == len(table.entries)
     # Measuring again reuses the entries.
     assert table.raw_us(resnet_inventory, policy) == raw
@@ -151,16 +152,16 @@ def saved_table(tmp_path_factory, backend, resnet_inventory, policy):
     return path, dict(table.entries), raw
 
 
-def _junctions(inventory, policy):
-    return LatencyTable(Path("unused.json"), OrtCpuBackend(), channel_multiple=MULTIPLE).choices(inventory, policy)[2]
+def _choices(inventory, policy):
+    return LatencyTable(Path("unused.json"), OrtCpuBackend(), channel_multiple=MULTIPLE).choices(inventory, policy)
 
 
 def test_table_entries_measured_and_structured(saved_table, resnet_inventory, policy):
     _path, entries, raw = saved_table
     keys = {c.key for c in effective_layers(resnet_inventory, policy, MULTIPLE)}
-    keys |= {c.key for c in effective_elementwise(resnet_inventory, policy, MULTIPLE)}
-    junctions = _junctions(resnet_inventory, policy)
-    junction_keys = {j.key for sides, _ in junctions for j in sides}
+    keys |= {c.key for c in _choices(resnet_inventory, policy)[1]}
+    junctions = _choices(resnet_inventory, policy)[2]
+    junction_keys = {j.key for sides, _, unpaid in junctions for j in (*sides, *unpaid)}
     assert junction_keys and all(k.startswith("junction|") for k in junction_keys)
     assert set(entries) == keys | junction_keys
     for key, e in entries.items():
@@ -168,7 +169,7 @@ def test_table_entries_measured_and_structured(saved_table, resnet_inventory, po
         assert e["p10_us"] <= e["median_us"] <= e["p90_us"] and e["runs"] >= 1 and e["ref_us"] > 0
         assert key in junction_keys or e["runs"] >= 5
     saving = junction_saving_us(junctions, lambda j: entries[j.key]["median_us"])
-    assert 0 <= saving <= sum(entries[j.key]["median_us"] for sides, _ in junctions for j in sides) + 1e-9
+    assert 0 <= saving <= sum(entries[j.key]["median_us"] for sides, _, _ in junctions for j in sides) + 1e-9
     assert raw == pytest.approx(sum(entries[k]["median_us"] for k in keys) - saving)
 
 
@@ -342,7 +343,7 @@ def test_table_calibrate_and_persist(saved_table, tmp_path, backend, resnet_inve
         measured.extend(policies)
         return [3.0 * table.raw_us(resnet_inventory, p) + 25.0 for p in policies]
 
-    cal = table.calibrate(resnet_inventory, space, fake_whole_models, n_random=1, seed=0)
+    cal = table.calibrate(resnet_inventory, space, fake_whole_models, n_random=1, seed=0, budget_s=0)
     assert measured[0] == space.baseline() and measured[1] == space.extreme()
     assert len(cal.points) == 3
     assert cal.scale == pytest.approx(3.0, rel=1e-6)
@@ -359,6 +360,40 @@ def test_table_calibrate_and_persist(saved_table, tmp_path, backend, resnet_inve
     assert (c2.scale, c2.offset_us, c2.points) == (cal.scale, cal.offset_us, cal.points)
     assert reopened.predict_us(resnet_inventory, space.baseline()) == pytest.approx(3.0 * base_raw + 25.0)
     assert reopened.measured_now == 0
+
+
+def test_calibration_adds_models_while_its_budget_allows_and_corrects_drift(saved_table, tmp_path, backend, resnet_inventory, space):
+    """Models cost 20 ms each: a 1 s budget takes the first batch (baseline, most compressed,
+    2 random) and then as many more as fit, up to the cap; the machine is 10% slower during
+    the second batch, which times the baseline again and is scaled back by it."""
+    import time as _time
+
+    from autocompress.latency_lut._table import calibration_policies
+
+    path, _entries, _raw = saved_table
+    copy = tmp_path / "cal.json"
+    copy.write_text(path.read_text())
+    table = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
+    table.freeze_reference()
+    drawn = calibration_policies(space, n_random=12, seed=0)
+    true_us = {p.digest: 100.0 + 7.0 * i for i, p in enumerate(drawn)}
+    batches: list[list[Policy]] = []
+
+    def whole_models(policies: list[Policy]) -> list[float]:
+        batches.append(policies)
+        _time.sleep(0.02 * len(policies))
+        slower = 1.0 if len(batches) == 1 else 1.1
+        return [slower * true_us[p.digest] for p in policies]
+
+    cal = table.calibrate(resnet_inventory, space, whole_models, n_random=2, seed=0, budget_s=1.0, max_random=12)
+    assert len(batches) == 2 and len(batches[0]) == 4
+    assert batches[1][0] == space.baseline() and 2 <= len(batches[1]) - 1 <= 10
+    assert [*batches[0], *batches[1][1:]] == drawn[:len(cal.points)]  # the same stream of draws, continued
+    assert [p["measured_us"] for p in cal.points] == pytest.approx([true_us[p.digest] for p in drawn[:len(cal.points)]])
+
+    batches.clear()
+    cal = table.calibrate(resnet_inventory, space, whole_models, n_random=2, seed=0, budget_s=0.01, max_random=12)
+    assert len(batches) == 1 and len(cal.points) == 4  # the budget was spent by the first batch
 
 
 def test_build_measures_every_reachable_entry_once(tmp_path, backend, resnet_inventory, space):
@@ -496,7 +531,51 @@ def test_layer_links_follow_the_graph(resnet_inventory):
     assert not links["layer1.0.conv1"].feeds_other
     assert links["stem.0"].reads is None and links["stem.0"].feeds_other  # the residual add reads it too
     assert links["layer1.0.conv2"].feeds == () and links["layer1.0.conv2"].feeds_other
-    assert links["layer2.0.conv1"].reads is None  # it reads the residual sum
+    assert links["layer2.0.conv1"].reads is None  # it reads the residual sum ...
+    assert links["layer2.0.conv1"].source == links["layer2.0.shortcut.0"].source  # ... as the shortcut does
+    adds = resnet_inventory.add_links
+    assert adds["add"].inputs == ("layer1.0.conv2", "stem.0") and adds["add"].result == links["layer2.0.conv1"].source
+    assert not adds["add"].other_readers and adds["add_2"].other_readers  # the last sum goes to the pooling
+
+
+def test_junction_groups_tell_a_layer_result_from_the_sum_it_flows_into(resnet_inventory):
+    from autocompress.latency_lut._table import junction_groups
+
+    sites = {tuple(sides): (plain, adds) for sides, plain, adds in junction_groups(resnet_inventory)}
+    # The stem's result: read by a conv and by the first add (which may fuse into a float conv).
+    assert sites[(("stem.0", "out"), ("layer1.0.conv1", "in"))] == (False, ("add",))
+    # The first sum: read by the next block's conv and shortcut, written by the add.
+    assert sites[(("layer2.0.conv1", "in"), ("layer2.0.shortcut.0", "in"))] == (False, ("add",))
+    assert sites[(("layer1.0.conv2", "out"),)] == (False, ("add",))
+    assert sites[(("stem.0", "in"),)] == (True, ())  # the model's input is plain
+    assert sum(len(sides) for sides in sites) == 2 * sum(l.kind == "conv" for l in resnet_inventory.layers.values())
+
+
+@pytest.mark.parametrize("bits, expected", [
+    ({}, {"add": 32, "add_1": 32, "add_2": 32}),  # all float: every add runs inside a conv
+    ({"layer2.0.conv2": 8}, {"add": 32, "add_1": 0, "add_2": 32}),  # a float add beside an int8 operand
+    ({n: 8 for n in ("stem.0", "layer1.0.conv2", "layer2.0.conv1", "layer2.0.shortcut.0")},
+     {"add": 8, "add_1": 0, "add_2": 32}),  # quantized operands, quantized readers: QLinearAdd
+    ({n: 8 for n in ("stem.0", "layer1.0.conv2", "layer2.0.conv1")}, {"add": 0, "add_1": 32, "add_2": 32}),  # a float reader
+])
+def test_add_precisions_match_the_optimized_graph(resnet_inventory, backend, tmp_path, bits, expected):
+    """Where the table says an add runs (inside a float conv, as QLinearAdd, or as a float
+    Add in the plain layout) is where ONNX Runtime's optimized graph runs it."""
+    import onnx
+
+    from autocompress import compress
+    from autocompress.latency_lut._table import add_precisions, effective_layers
+    from conftest import make_resnet
+
+    policy = Policy(bits=bits)
+    precisions = add_precisions(resnet_inventory, {c.layer.name: c.bits for c in effective_layers(resnet_inventory, policy, MULTIPLE)})
+    assert precisions == expected
+    x = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model = compress.apply(make_resnet(8), resnet_inventory, policy, (x,), [(x,)], channel_multiple=MULTIPLE)
+    backend.session(to_onnx_bytes(model, (x,)), tmp_path / "opt.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("QLinearAdd") == sum(p == 8 for p in precisions.values())
+    assert ops.count("Add") == sum(p == 0 for p in precisions.values())
 
 
 def test_float_layer_between_int8_layers_runs_as_int8(resnet_inventory, backend, tmp_path):

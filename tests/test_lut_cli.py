@@ -48,13 +48,18 @@ def test_lut_build_show_validate(tmp_path):
     assert shown.returncode == 0
     assert f"{len(data['entries'])} entries" in shown.stdout and "non-monotone" in shown.stdout
 
-    validated = cli("lut", "validate", "--task", MLP, "--table", str(table), "--samples", "4", "--json", tmp=tmp_path)
+    validated = cli("lut", "validate", "--task", MLP, "--table", str(table), "--samples", "4", "--json", "--repeat", tmp=tmp_path)
     assert validated.returncode == 0, validated.stderr[-2000:]
     report = json.loads(validated.stdout)
     assert len(report["samples"]) == 4
     assert 0.0 <= report["within_10pct"] <= 1.0 and report["median_abs_error"] >= 0.0
     for s in report["samples"]:
         assert s["predicted_us"] > 0 and s["measured_us"] > 0
+    # --repeat: the same candidates timed again, compared with their first timings.
+    again = report["repeatability"]["latency"]["samples"]
+    assert [s["policy"] for s in again] == [s["policy"] for s in report["samples"]]
+    assert [s["measured_us"] for s in again] == [s["measured_us"] for s in report["samples"]]
+    assert all(s["predicted_us"] > 0 for s in again) and 0.0 <= report["repeatability"]["relative_to_original"]["within_10pct"] <= 1.0
 
 
 def test_lut_show_without_a_table_says_how_to_build_one(tmp_path):

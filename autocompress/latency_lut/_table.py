@@ -23,7 +23,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -39,11 +39,13 @@ from autocompress.spaces import Policy, SearchSpace, kept_for
 
 __all__ = [
     "Calibration", "ElementwiseChoiceShape", "JunctionShape", "LatencyTable", "LayerChoiceShape", "effective_elementwise",
-    "calibration_policies", "effective_bits", "effective_layers", "junction_groups", "runs_as_int8",
+    "calibration_policies", "effective_bits", "effective_layers", "add_precisions", "junction_groups", "runs_as_int8",
 ]
 
 SCHEMA = 1
-RAW_VERSION = 3  # what a calibration point's raw_us sums (2: junction savings subtracted; 3: with int_share)
+RAW_VERSION = 4  # what a calibration point's raw_us sums (2: junction savings subtracted; 3: with int_share; 4: junctions per tensor, adds by precision)
+CALIBRATION_BUDGET_S = 30.0  # seconds a calibration may spend on more whole models than its first batch
+CALIBRATION_MAX_RANDOM = 40  # random whole models at most
 
 
 @dataclass(frozen=True)
@@ -111,28 +113,69 @@ class JunctionShape:
         return f"junction|{self.batch}x{self.channels}x{self.spatial[0]}x{self.spatial[1]}|b{self.bits}"
 
 
-def junction_groups(inventory: LayerInventory) -> list[tuple[list[tuple[str, str]], bool]]:
-    """Per group, the conv layers that write or read its tensor directly, as (layer, "out"
-    or "in"), and whether something outside the table's convs also touches it (a linear
-    layer, a concatenation, the model's output), which needs the plain layout."""
-    out = []
-    for group in inventory.groups.values():
-        sides: list[tuple[str, str]] = []
-        plain = False
-        for name in group.layers:
-            layer = inventory.layers[name]
-            if layer.kind != "conv" or layer.is_output:
-                plain = True
-            if layer.kind == "conv":
-                sides.append((name, "out"))
-        for name in group.consumers:
-            layer = inventory.layers[name]
-            if layer.kind != "conv" or layer.in_channels != group.channels:
-                plain = True
-            else:
-                sides.append((name, "in"))
-        if sides:
-            out.append((sides, plain))
+Site = tuple[list[tuple[str, str]], bool, tuple[str, ...]]
+
+
+def junction_groups(inventory: LayerInventory) -> list[Site]:
+    """Per tensor that a conv layer writes or reads: the conv layers meeting there as
+    (layer, "out" or "in"); whether something else touches it (a linear layer, a
+    concatenation, pooling, the model's output or input), which needs the plain layout;
+    and the residual adds that write or read it, which need the plain layout unless ONNX
+    Runtime computes them in a conv's or a quantized layout (see `add_precisions`). A layer's result and the sum it
+    flows into are different tensors. Where a layer's result has other readers besides
+    adds, only conv layers are told apart: any other reader counts as plain."""
+    convs = {name for name, layer in inventory.layers.items() if layer.kind == "conv"}
+    summed_by: dict[str, list[str]] = {}
+    for add, link in inventory.add_links.items():
+        for source in link.inputs:
+            summed_by.setdefault(source, []).append(add)
+    add_of_result = {link.result: add for add, link in inventory.add_links.items()}
+    out: list[Site] = []
+    unwritten: dict[str, list[str]] = {}  # a tensor no layer writes -> the convs reading it
+    for name, link in inventory.links.items():
+        if name not in convs:
+            continue
+        readers = [f for f in link.feeds if f in convs]
+        adds = tuple(summed_by.get(name, ()))
+        plain = inventory.layers[name].is_output or (link.feeds_other and not adds) or len(readers) != len(link.feeds)
+        out.append(([(name, "out"), *((f, "in") for f in readers)], plain, adds))
+        if link.reads is None:
+            unwritten.setdefault(link.source or name, []).append(name)
+    for source, names in unwritten.items():
+        add = add_of_result.get(source)
+        plain = add is None or inventory.add_links[add].other_readers
+        out.append(([(name, "in") for name in names], plain, (add,) if add else ()))
+    return out
+
+
+def add_precisions(inventory: LayerInventory, bits: Mapping[str, int]) -> dict[str, int]:
+    """The precision ONNX Runtime computes each residual add in, from the precisions the
+    layers run in: 32 where every operand is a float conv's result or such a sum (the
+    blocked-layout conv takes the other operand as a sum input, with the ReLU after it:
+    the add costs nothing apart and its result stays blocked); 8 where every operand is
+    an int8 layer's result or such a sum and only int8 layers or such sums read it (a
+    QLinearAdd on the quantized tensors, its ReLU absorbed by the quantization); else 0,
+    a float add in the plain layout, with conversions at its operands and result."""
+    readers: dict[str, list[str]] = {}
+    for name, link in inventory.links.items():
+        if link.source is not None:
+            readers.setdefault(link.source, []).append(name)
+    summed_into: dict[str, list[str]] = {}
+    for add, link in inventory.add_links.items():
+        for source in link.inputs:
+            summed_into.setdefault(source, []).append(add)
+    floats: set[str] = set()
+    ints: set[str] = set()  # every operand int8
+    for name, link in inventory.add_links.items():  # in graph order: operands come first
+        if link.inputs and all(i in floats or (bits.get(i) == 32 and inventory.layers[i].kind == "conv") for i in link.inputs):
+            floats.add(name)
+        if link.inputs and all(i in ints or (i in inventory.layers and bits.get(i) == 8) for i in link.inputs):
+            ints.add(name)
+    out = {}
+    for name, link in inventory.add_links.items():
+        quantized_readers = (not link.other_readers and all(bits.get(r) == 8 for r in readers.get(link.result, ()))
+                             and all(a in ints for a in summed_into.get(name, ())))
+        out[name] = 32 if name in floats else 8 if name in ints and quantized_readers else 0
     return out
 
 
@@ -143,18 +186,24 @@ def _side_junction(choice: "LayerChoiceShape", side: str) -> JunctionShape:
     return JunctionShape(int(shape[0]), channels, (int(shape[2]), int(shape[3])), choice.bits)
 
 
-def junction_saving_us(groups: list[tuple[list[JunctionShape], bool]], entry_us: Callable[[JunctionShape], float]) -> float:
+def junction_saving_us(groups: list[tuple], entry_us: Callable[[JunctionShape], float]) -> float:
     """What the layers' graphs paid for conversions that the whole model does not: every
     side's half conversion, less one per precision where a tensor's sides differ in
-    precision or the plain layout is needed (the runtime converts once per layout)."""
+    precision or the plain layout is needed (the runtime converts once per layout).
+
+    A group is (sides, plain) or (sides, plain, unpaid): ``unpaid`` sides take part in the
+    tensor's layouts without a layer's graph having paid for them (a float sum written in
+    the blocked layout)."""
     saving = 0.0
-    for sides, plain in groups:
+    for sides, plain, *rest in groups:
         per_bits: dict[int, float] = {}
         charged = 0.0
         for junction in sides:
             us = entry_us(junction)
             charged += us
             per_bits.setdefault(junction.bits, us)
+        for junction in rest[0] if rest else ():
+            per_bits.setdefault(junction.bits, entry_us(junction))
         saving += charged - (0.0 if len(per_bits) == 1 and not plain else sum(per_bits.values()))
     return saving
 
@@ -399,7 +448,7 @@ class LatencyTable:
         self._saved_at = time.monotonic()
         self._reference: tuple[float, float] | None = None  # (measured at, us)
         self._reference_history: list[tuple[float, float]] = []
-        self._junctions: dict[str, list[tuple[list[tuple[str, str]], bool]]] = {}
+        self._junctions: dict[str, list[Site]] = {}
 
     @classmethod
     def default_shared_path(cls, backend: LatencyBackend) -> Path:
@@ -572,14 +621,15 @@ class LatencyTable:
                 e = ElementwiseChoiceShape(op, c)
                 seen.setdefault(e.key, e)
         by_name = {c.layer.name: c for c in seen.values() if isinstance(c, LayerChoiceShape)}
-        for sides, _ in junction_groups(inventory):
+        for sides, _, _ in junction_groups(inventory):
             for name, side in sides:
                 layer = by_name[name].layer
                 channels = counts(layer.out_group, layer.out_channels) if side == "out" else in_counts(layer)
                 for c in channels:
                     for bits in reachable_bits(name):
-                        j = _side_junction(LayerChoiceShape(layer, c, c, bits, 1.0), side)
-                        seen.setdefault(j.key, j)
+                        for b in {bits, 32}:  # a float sum's blocked layout meets the readers of its result
+                            j = _side_junction(LayerChoiceShape(layer, c, c, b, 1.0), side)
+                            seen.setdefault(j.key, j)
         return list(seen.values())
 
     def build(self, inventory: LayerInventory, space: SearchSpace, on_entry: Callable[[int, int], None] | None = None) -> int:
@@ -620,16 +670,24 @@ class LatencyTable:
 
     def choices(
         self, inventory: LayerInventory, policy: Policy
-    ) -> tuple[list[LayerChoiceShape], list[ElementwiseChoiceShape], list[tuple[list[JunctionShape], bool]]]:
-        """What a prediction of ``policy`` sums: its layers, its element-wise ops, and per
-        tensor the junctions of the convs meeting there (with whether it needs the plain layout)."""
+    ) -> tuple[list[LayerChoiceShape], list[ElementwiseChoiceShape], list[tuple[list[JunctionShape], bool, list[JunctionShape]]]]:
+        """What a prediction of ``policy`` sums: its layers, its element-wise ops (less the
+        adds a float conv computes), and per tensor the junctions of the convs meeting
+        there, whether it needs the plain layout, and the side of a sum that writes it in
+        the blocked or quantized layout (no layer's graph paid for it)."""
         layers = effective_layers(inventory, policy, self.channel_multiple)
         by_name = {c.layer.name: c for c in layers}
-        junctions = [([_side_junction(by_name[name], side) for name, side in sides], plain)
-                     for sides, plain in self._junction_groups(inventory)]
-        return layers, effective_elementwise(inventory, policy, self.channel_multiple), junctions
+        add_bits = add_precisions(inventory, {name: c.bits for name, c in by_name.items()})
+        junctions = []
+        for sides, plain, adds in self._junction_groups(inventory):
+            shapes = [_side_junction(by_name[name], side) for name, side in sides]
+            writer = [add_bits[a] for a in adds if add_bits[a]] if all(side == "in" for _, side in sides) else []
+            unpaid = [replace(shapes[0], bits=writer[0])] if writer else []
+            junctions.append((shapes, plain or any(not add_bits[a] for a in adds), unpaid))
+        elementwise = [e for e in effective_elementwise(inventory, policy, self.channel_multiple) if add_bits.get(e.op.name) != 32]
+        return layers, elementwise, junctions
 
-    def _junction_groups(self, inventory: LayerInventory) -> list[tuple[list[tuple[str, str]], bool]]:
+    def _junction_groups(self, inventory: LayerInventory) -> list[Site]:
         if inventory.fingerprint not in self._junctions:
             self._junctions[inventory.fingerprint] = junction_groups(inventory)
         return self._junctions[inventory.fingerprint]
@@ -677,14 +735,33 @@ class LatencyTable:
         n_random: int = 8,
         seed: int = 0,
         extra: Iterable[Policy] = (),
+        budget_s: float = CALIBRATION_BUDGET_S,
+        max_random: int = CALIBRATION_MAX_RANDOM,
     ) -> Calibration:
-        """Fit the whole-model correction on the baseline, the most aggressive policy and a
-        few random ones; ``measure_policies`` builds, exports and times policies (in us each),
-        interleaved so that a passing disturbance of the machine cannot skew one of them."""
-        policies = calibration_policies(space, n_random, seed, extra)
+        """Fit the whole-model correction on the baseline, the most aggressive policy and
+        random ones; ``measure_policies`` builds, exports and times policies (in us each),
+        interleaved so that a passing disturbance of the machine cannot skew one of them.
+
+        The first batch has ``n_random`` random models. While its cost per model says more
+        fit in ``budget_s`` seconds, a second batch adds random models up to ``max_random``
+        in all: small models are cheap to measure, and the line is pinned by more of them
+        (on demo, 24 models instead of 10 took the share of random candidates within ±10%
+        from 82% to 87%). The second batch times the baseline again and its timings are
+        scaled by the baseline's ratio between the batches, so the machine's drift between
+        them does not move its points."""
+        extra = list(extra)
+        policies = calibration_policies(space, max(n_random, max_random) if budget_s > 0 else n_random, seed, extra)
+        first, rest = policies[:2 + len(extra) + n_random], policies[2 + len(extra) + n_random:]
+        t0 = time.perf_counter()
+        measured = list(measure_policies(first))
+        spent = time.perf_counter() - t0
+        n_more = min(len(rest), int((budget_s - spent) / max(spent / len(first), 1e-6))) if rest and budget_s > spent else 0
+        if n_more > 0:
+            baseline_again, *timed = measure_policies([first[0], *rest[:n_more]])
+            drift = measured[0] / baseline_again
+            first, measured = [*first, *rest[:n_more]], [*measured, *(us * drift for us in timed)]
         calibration = Calibration()
-        measured = measure_policies(policies)
-        for policy, us in zip(policies, measured, strict=True):
+        for policy, us in zip(first, measured, strict=True):
             calibration.points.append(self._point(inventory, policy, us))
         calibration.fit()
         self.calibrations[inventory.fingerprint] = calibration
