@@ -1,0 +1,119 @@
+"""How well the latency table's sums order and size many random candidates, against the
+measurement's own repeatability, on one set of measurements.
+
+    # measure: N random candidates, each timed twice (two passes, minutes apart), relative to the original
+    .venv/bin/python benchmarks/table_fit.py --task demo --table /tmp/t/demo.json --samples 150 --out table-fit-demo.json
+    # evaluate another checkout's sums on the same measurements (no timing):
+    PYTHONPATH=/path/to/other/checkout .venv/bin/python benchmarks/table_fit.py --task demo --table /tmp/t/demo.json \\
+        --measured benchmarks/results/table-fit-demo.json
+
+`lut validate` compares each candidate with a table calibrated once, so its figures mix the
+table's error with the machine's drift between the build and the validation (on this
+project's shared machines the same model can time 10-15% apart a minute later). Here every
+candidate is timed twice, interleaved with the original in each pass, and everything is
+judged as speed relative to the original, which the drift does not move. The table's sums
+are computed by the checkout on the import path; a calibration (line and local correction,
+as `LatencyTable.calibrate` fits it) is fitted on k candidates of the first pass and
+predicts the others, judged against their second pass, over 20 random splits per k.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CALIBRATION_SIZES = (10, 24, 48)
+
+
+def measure(task_spec: str, table_path: Path, samples: int, seed: int) -> dict:
+    from rich.progress import Progress
+
+    from autocompress.spaces import SpaceConfig
+    from autocompress.study import open_workbench
+    from autocompress.task import load_task
+
+    bench = open_workbench(load_task(task_spec, 0), SpaceConfig(), 1, table_path, shared_table=False)
+    rng = random.Random(f"table-fit-{seed}")
+    policies = [bench.space.sample(rng) for _ in range(samples)]
+    passes: list[list[float]] = [[], []]
+    with Progress(transient=True) as progress:
+        bar = progress.add_task("timing candidates (two passes)", total=2 * samples)
+        for timings in passes:
+            for policy in policies:
+                candidate_us, original_us = bench.measure_with_original(policy)
+                timings.append(candidate_us / original_us)
+                progress.advance(bar)
+    return {"task": task_spec, "samples": samples, "seed": seed, "profile": bench.table.profile,
+            "policies": [p.to_dict() for p in policies], "relative": passes}
+
+
+def evaluate(measured: dict, table_path: Path) -> dict:
+    from autocompress.latency_lut import Calibration
+    from autocompress.spaces import Policy, SpaceConfig
+    from autocompress.study import open_workbench
+    from autocompress.task import load_task
+
+    bench = open_workbench(load_task(measured["task"], 0), SpaceConfig(), 1, table_path, shared_table=False)
+    bench.table.freeze_reference()
+    sums = [bench.table.raw_and_int_share(bench.inventory, Policy.from_dict(p)) for p in measured["policies"]]
+    raw = np.array([s for s, _ in sums])
+    share = np.array([s for _, s in sums])
+    first, second = (np.array(p) for p in measured["relative"])
+    repeat = np.abs(second / first - 1)
+    out = {"repeatability": {"median_abs": float(np.median(repeat)), "within_10pct": float(np.mean(repeat <= 0.1)),
+                             "within_5pct": float(np.mean(repeat <= 0.05))},
+           "spearman_sum": float(np.corrcoef(np.argsort(np.argsort(raw)), np.argsort(np.argsort(second)))[0, 1]),
+           "calibrated": {}}
+    rng = np.random.default_rng(0)
+    for k in CALIBRATION_SIZES:
+        medians, within10, within5 = [], [], []
+        for _ in range(20):
+            order = rng.permutation(len(raw))
+            fit, held = order[:k], order[k:]
+            cal = Calibration(points=[{"raw_us": raw[i], "int_share": share[i], "measured_us": first[i]} for i in fit])
+            cal.fit()
+            err = np.abs(np.array([cal.apply(raw[i], share[i]) for i in held]) / second[held] - 1)
+            medians.append(np.median(err))
+            within10.append(np.mean(err <= 0.1))
+            within5.append(np.mean(err <= 0.05))
+        out["calibrated"][str(k)] = {"median_abs": float(np.mean(medians)), "within_10pct": float(np.mean(within10)),
+                                     "within_5pct": float(np.mean(within5))}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="demo")
+    parser.add_argument("--table", required=True, help="a built table of the task (lut build --table)")
+    parser.add_argument("--samples", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="file name under benchmarks/results/ for the measurements and figures")
+    parser.add_argument("--measured", default=None, help="evaluate on these saved measurements instead of timing")
+    args = parser.parse_args()
+    if args.measured:
+        measured = json.loads(Path(args.measured).read_text())
+    else:
+        measured = measure(args.task, Path(args.table), args.samples, args.seed)
+    figures = evaluate(measured, Path(args.table))
+    rep = figures["repeatability"]
+    print(f"{measured['task']}: {measured['samples']} candidates; the second pass against the first: median "
+          f"{rep['median_abs']:.1%}, within ±10% {rep['within_10pct']:.0%}, within ±5% {rep['within_5pct']:.0%}; "
+          f"Spearman of the plain sum {figures['spearman_sum']:.3f}")
+    print("| calibration models | median abs error | within ±10% | within ±5% |")
+    print("| ---: | ---: | ---: | ---: |")
+    for k, f in figures["calibrated"].items():
+        print(f"| {k} | {f['median_abs']:.1%} | {f['within_10pct']:.0%} | {f['within_5pct']:.0%} |")
+    if args.out and not args.measured:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / args.out).write_text(json.dumps({**measured, "figures": figures}, indent=1))
+
+
+if __name__ == "__main__":
+    sys.path.append(str(Path(__file__).resolve().parents[1]))  # after PYTHONPATH: another checkout can be evaluated
+    main()
