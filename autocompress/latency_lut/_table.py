@@ -118,12 +118,13 @@ Site = tuple[list[tuple[str, str]], bool, tuple[str, ...]]
 
 def junction_groups(inventory: LayerInventory) -> list[Site]:
     """Per tensor that a conv layer writes or reads: the conv layers meeting there as
-    (layer, "out" or "in"); whether something else touches it (a linear layer, a
-    concatenation, pooling, the model's output or input), which needs the plain layout;
-    and the residual adds that write or read it, which need the plain layout unless ONNX
-    Runtime computes them in a conv's or a quantized layout (see `add_precisions`). A layer's result and the sum it
-    flows into are different tensors. Where a layer's result has other readers besides
-    adds, only conv layers are told apart: any other reader counts as plain."""
+    (layer, "out" or "in"), the writer first where a layer writes it; whether something
+    else touches it (a linear layer, a concatenation, pooling, the model's output or
+    input), which needs the plain layout; and the residual adds that write or read it,
+    which need the plain layout unless ONNX Runtime computes them inside a conv or on the
+    quantized tensors (see `add_precisions`). A layer's result and the sum it flows into
+    are different tensors. Where a layer's result has other readers besides adds, only
+    conv layers are told apart: any other reader counts as plain."""
     convs = {name for name, layer in inventory.layers.items() if layer.kind == "conv"}
     summed_by: dict[str, list[str]] = {}
     for add, link in inventory.add_links.items():
@@ -681,8 +682,8 @@ class LatencyTable:
         junctions = []
         for sides, plain, adds in self._junction_groups(inventory):
             shapes = [_side_junction(by_name[name], side) for name, side in sides]
-            writer = [add_bits[a] for a in adds if add_bits[a]] if all(side == "in" for _, side in sides) else []
-            unpaid = [replace(shapes[0], bits=writer[0])] if writer else []
+            sum_bits = [add_bits[a] for a in adds if add_bits[a]] if sides[0][1] == "in" else []  # a sum writes it
+            unpaid = [replace(shapes[0], bits=sum_bits[0])] if sum_bits else []
             junctions.append((shapes, plain or any(not add_bits[a] for a in adds), unpaid))
         elementwise = [e for e in effective_elementwise(inventory, policy, self.channel_multiple) if add_bits.get(e.op.name) != 32]
         return layers, elementwise, junctions
@@ -745,8 +746,8 @@ class LatencyTable:
         The first batch has ``n_random`` random models. While its cost per model says more
         fit in ``budget_s`` seconds, a second batch adds random models up to ``max_random``
         in all: small models are cheap to measure, and the line is pinned by more of them
-        (on demo, 24 models instead of 10 took the share of random candidates within ±10%
-        from 82% to 87%). The second batch times the baseline again and its timings are
+        (`benchmarks/table_fit.py` on demo: 84% of held-out candidates within ±10% with 10
+        models, 89% with 48). The second batch times the baseline again and its timings are
         scaled by the baseline's ratio between the batches, so the machine's drift between
         them does not move its points."""
         extra = list(extra)
