@@ -757,12 +757,14 @@ class LatencyTable:
         measured = list(measure_policies(first))
         spent = time.perf_counter() - t0
         n_more = min(len(rest), int((budget_s - spent) / max(spent / len(first), 1e-6))) if rest and budget_s > spent else 0
+        measured_policies = list(first)
         if n_more > 0:
             baseline_again, *timed = measure_policies([first[0], *rest[:n_more]])
             drift = measured[0] / baseline_again
-            first, measured = [*first, *rest[:n_more]], [*measured, *(us * drift for us in timed)]
+            measured_policies += rest[:n_more]
+            measured += [us * drift for us in timed]
         calibration = Calibration()
-        for policy, us in zip(first, measured, strict=True):
+        for policy, us in zip(measured_policies, measured, strict=True):
             calibration.points.append(self._point(inventory, policy, us))
         calibration.fit()
         self.calibrations[inventory.fingerprint] = calibration
