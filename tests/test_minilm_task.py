@@ -50,3 +50,22 @@ def test_task_builds_and_the_original_scores_itself():
     assert task.metric(out, targets) == pytest.approx(1.0, abs=1e-5)
     assert minilm.gloss_retrieval_accuracy(out, targets) > 1 / 32  # far better than chance
     assert task.distill_loss == "cosine" and task.feature_layers[-1] == "layers.5.fc2"
+
+
+@needs_wordnet
+def test_the_tasks_distillation_recovers_a_pruned_student():
+    from autocompress import compress
+    from autocompress.evaluators import DistillConfig, distill, evaluate
+    from autocompress.inventory import build_inventory
+    from autocompress.spaces import Policy
+
+    torch.manual_seed(0)
+    task = minilm.build_minilm_task(train_pairs=256, eval_pairs=64)
+    inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)
+    policy = Policy(prune={g: 0.25 for g in inventory.groups if g.endswith("fc1")})
+    student = compress.apply(task.model, inventory, policy, task.example_inputs)
+    before = evaluate(student, task.eval_loader, task.metric)
+    config = DistillConfig(steps=12, loss=task.distill_loss, optimizer=task.distill_optimizer, lr=task.distill_lr)
+    distill(student, task.model, task.train_loader, config)
+    after = evaluate(student, task.eval_loader, task.metric)
+    assert before < 0.9 and after > before + 0.03, (before, after)

@@ -152,7 +152,10 @@ def build_minilm_task(train_pairs: int = 4000, eval_pairs: int = 500, batch_size
         higher_is_better=True,
         fingerprint=f"minilm-{digest.hexdigest()[:16]}",
         distill_loss="cosine",
-        distill_lr=5e-5,
+        # AdamW at 1e-4 (measured, 100 steps): int8 keeps cosine 0.992 (5e-4 drops it to 0.973)
+        # and 25% of the MLP width pruned recovers 0.899 -> 0.958; SGD at this rate barely moves.
+        distill_optimizer="adamw",
+        distill_lr=1e-4,
         extra_metrics={"gloss_retrieval": gloss_retrieval_accuracy},
         feature_layers=tuple(f"layers.{i}.fc2" for i in range(len(model.layers))),
     )
