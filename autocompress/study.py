@@ -7,6 +7,7 @@ and verify -> tell) -> Pareto front -> engines, pareto.json, report.html.
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 import time
@@ -68,6 +69,7 @@ class SearchConfig:
     lr_given: bool = False  # distill.lr was set by the user; otherwise the task's own rate applies
     final_finetune: int = 0  # extra distillation steps for each front member before its final export
     ray: RayConfig | None = None  # run the trials as Ray Tune trials on a Ray cluster
+    max_metric_drop: float | None = None  # the most metric the user accepts to lose (metric units); None: no floor
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -81,6 +83,8 @@ class SearchConfig:
         check_backend_name(self.backend)
         if self.batch_size < 0:
             raise UserError(f"--batch-size must be at least 1, but got {self.batch_size}.")
+        if self.max_metric_drop is not None and not (math.isfinite(self.max_metric_drop) and self.max_metric_drop >= 0):
+            raise UserError(f"--max-metric-drop must be a number >= 0 in the task metric's units (0.01 = one point), but got {self.max_metric_drop}.")
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchConfig":
@@ -329,6 +333,15 @@ def run_search(
         f"({backend.name}, {config.threads} thread(s), batch {example[0].shape[0]})"
     )
     console.print(f"Latency budget: [bold]{budget_ms:.3f} ms[/] ({config.latency_budget})")
+    sign = 1.0 if task.higher_is_better else -1.0
+    metric_floor = None if config.max_metric_drop is None else baseline_metric - sign * config.max_metric_drop
+    if metric_floor is not None:
+        console.print(f"Metric floor: {task.metric_name} {'>=' if task.higher_is_better else '<='} {metric_floor:.4f} "
+                      f"(at most {config.max_metric_drop:g} lost); candidates beyond it are infeasible and left off the front")
+
+    def shortfall(metric: float) -> float | None:
+        """How far ``metric`` falls short of the floor (> 0: infeasible), or None without a floor."""
+        return None if metric_floor is None else sign * (metric_floor - metric)
     check_batches = [next(iter(task.eval_loader))]
 
     # 3. Latency table: measured on the target, calibrated on whole models.
@@ -365,6 +378,7 @@ def run_search(
         "higher_is_better": task.higher_is_better,
         "baseline": {"latency_ms": baseline_ms, "metric": baseline_metric, "extra_metrics": baseline_extra},
         "budget_ms": budget_ms,
+        "metric_floor": metric_floor,
         "profile": table.profile,
         "versions": _versions(),
         "command": sys.argv,
@@ -408,7 +422,6 @@ def run_search(
         return fixed
     if completed:
         console.print(f"Resuming: {len(completed)} completed trial(s) kept.")
-    sign = 1.0 if task.higher_is_better else -1.0
     best: float | None = max((sign * t.user_attrs["metric"] for t in completed), default=None)
     n_done = len(completed)
     proposals = 0
@@ -448,7 +461,7 @@ def run_search(
                 target=config.trials, completed=n_done, max_proposals=max_proposals,
                 max_failures_before_success=MAX_FAILURES_BEFORE_SUCCESS, seen=seen, on_completed=show_completed,
                 on_measured=lambda p, us: table.add_measurement(inventory, p, us), higher_is_better=task.higher_is_better,
-                callbacks=ray_callbacks, repair=repair_proposal,
+                callbacks=ray_callbacks, repair=repair_proposal, shortfall=shortfall,
             )
             n_done, proposals, failures = sweep.completed, sweep.proposals, sweep.failures
             progress.update(bar, rejected=sweep.rejected)
@@ -480,7 +493,8 @@ def run_search(
                 prev = seen[policy.digest]
                 searcher.record(trial_id, {**attrs, "duplicate_of": prev.get("trial"), "measured_ms": prev.get("measured_ms")})
                 searcher.tell(trial_id, Outcome("completed", prev["metric"], prev.get("measured_ms", predicted_ms), predicted_ms - budget_ms,
-                                                size_bytes=prev.get("size_bytes"), overhead_s=time.perf_counter() - t_trial))
+                                                size_bytes=prev.get("size_bytes"), overhead_s=time.perf_counter() - t_trial,
+                                                metric_shortfall=shortfall(prev["metric"])))
                 continue
             tried.add(policy.digest)
             overhead_s = time.perf_counter() - t_trial  # ask and predict; fine-tuning and export are not overhead
@@ -499,7 +513,8 @@ def run_search(
             t_record = time.perf_counter()
             searcher.record(trial_id, attrs)
             searcher.tell(trial_id, Outcome("completed", metric, engine_latency_us / 1000, predicted_ms - budget_ms,
-                                            size_bytes=attrs["size_bytes"], overhead_s=overhead_s + time.perf_counter() - t_record))
+                                            size_bytes=attrs["size_bytes"], overhead_s=overhead_s + time.perf_counter() - t_record,
+                                            metric_shortfall=shortfall(metric)))
             seen[policy.digest] = attrs
             table.add_measurement(inventory, policy, engine_latency_us)  # later predictions learn from it
             n_done += 1
@@ -619,7 +634,11 @@ def finalize_run(
     if any(t.get("stopped_early") for t in trials):  # a Ray scheduler stopped weak fine-tunes
         counts["stopped_early"] = sum(1 for t in trials if t.get("stopped_early"))
     metric_of, latency_of = (lambda t: t["metric"]), (lambda t: t["measured_ms"])
-    near = [t for t in exported if t["measured_ms"] <= budget_ms * 1.25 and _engine_file(run_dir, t).is_file()]
+    floor = manifest.get("metric_floor")  # set by --max-metric-drop: what lies beyond it is not on the front
+    below = (lambda t: (t["metric"] < floor) if higher else (t["metric"] > floor)) if floor is not None else (lambda t: False)
+    if floor is not None:
+        counts["below_metric_floor"] = sum(1 for t in exported if below(t))
+    near = [t for t in exported if t["measured_ms"] <= budget_ms * 1.25 and not below(t) and _engine_file(run_dir, t).is_file()]
     candidates = pareto_front(near, metric_of, latency_of, higher)
     if candidates and not backend.needs_module:  # re-time interleaved with the original model, so drift hits all alike
         feeds = original.feeds()
@@ -674,7 +693,7 @@ def finalize_run(
     summary = {
         "run": str(run_dir), "task": manifest["task"], "metric_name": manifest["metric_name"],
         "higher_is_better": higher, "baseline": manifest["baseline"], "budget": manifest["config"]["latency_budget"],
-        "budget_ms": budget_ms, "profile": manifest["profile"], "counts": counts, "fidelity": fidelity,
+        "budget_ms": budget_ms, "metric_floor": floor, "profile": manifest["profile"], "counts": counts, "fidelity": fidelity,
         "layers": manifest.get("layers", []), "created": manifest.get("created"),
     }
     if wall_s is not None:
@@ -684,7 +703,8 @@ def finalize_run(
 
     console.print(front_table(summary, members))
     if not members:
-        console.print("[yellow]No fine-tuned candidate measured within the budget.[/]")
+        console.print("[yellow]No fine-tuned candidate measured within the budget"
+                      + (f" with {manifest['metric_name']} at or beyond the floor {floor:.4f}" if floor is not None else "") + ".[/]")
     if fidelity:
         console.print(
             f"Latency table on this run's {fidelity['candidates']} exported candidates: median |error| "
@@ -700,7 +720,9 @@ def finalize_run(
 def front_table(summary: dict, members: list[dict]) -> Table:
     """The front as a terminal table, with each engine's verification status."""
     base = summary["baseline"]
-    table = Table(title=f"Pareto front (budget {summary['budget_ms']:.3f} ms)")
+    floor = summary.get("metric_floor")
+    table = Table(title=f"Pareto front (budget {summary['budget_ms']:.3f} ms"
+                        + (f", {summary['metric_name']} floor {floor:.4f}" if floor is not None else "") + ")")
     extra_names = list(base.get("extra_metrics", {}))
     for col in ("trial", summary["metric_name"], "vs original", *[f"{n} (orig {base['extra_metrics'][n]:.3f})" for n in extra_names],
                 "predicted ms", "measured ms", "speedup", "KiB", "engine", "policy"):

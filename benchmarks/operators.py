@@ -2,7 +2,7 @@
 speedup and metric after the same distillation.
 
     python benchmarks/operators.py --task demo   --steps 120
-    python benchmarks/operators.py --task minilm --steps 100
+    python benchmarks/operators.py --task minilm --steps 100 --importance taylor
 
 Every candidate is fine-tuned with the task's own distillation settings for ``--steps``
 steps, exported, checked against PyTorch, and timed interleaved with the original model in
@@ -49,6 +49,11 @@ def _policies(space, inventory) -> dict[str, Policy]:
         "int8 + low rank 50%": Policy(rank={n: 0.5 for n in ranked}, bits=int8),
         "int8 + prune 25% + low rank 50%": Policy(prune=prune(0.25), bits=int8, rank={n: 0.5 for n in ranked}),
     }
+    mlp = [g for g in groups if g.endswith("fc1")]
+    if mlp and len(mlp) < len(groups):  # a transformer: the MLP width alone, heads kept
+        light = {g: r for g, r in prune(0.25).items() if g in mlp}
+        policies["prune MLP 25%"] = Policy(prune=light)
+        policies["int8 + prune MLP 25%"] = Policy(prune=light, bits=int8)
     if spatial:  # the kxk convs split by Tucker-2 (1x1, kxk, 1x1) instead of spatial SVD
         policies["low rank 50%, Tucker-2"] = Policy(rank={n: 0.5 for n in ranked}, decomp=spatial)
         policies["int8 + low rank 50%, Tucker-2"] = Policy(rank={n: 0.5 for n in ranked}, bits=int8, decomp=spatial)
@@ -60,6 +65,7 @@ def main() -> None:
     parser.add_argument("--task", default="demo")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--importance", choices=("l1", "l2", "taylor"), default="l1", help="pruning criterion")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -77,7 +83,7 @@ def main() -> None:
         engines = [to_onnx_bytes(task.model, task.example_inputs)]
         for name, policy in _policies(space, inventory).items():
             t0 = time.perf_counter()
-            student = compress.apply(task.model, inventory, policy, task.example_inputs, calib)
+            student = compress.apply(task.model, inventory, policy, task.example_inputs, calib, importance=args.importance)
             before = evaluate(student, task.eval_loader, task.metric)
             distill(student, task.model, task.train_loader, config)
             metric = evaluate(student, task.eval_loader, task.metric)
@@ -105,7 +111,8 @@ def main() -> None:
               f"{r['median_ms']:.3f} | {r['speedup']:.2f}x | {'ok' if r['engine_ok'] else '; '.join(r['problems'])} |")
     out = Path(__file__).parent / "results" / f"operators-{task.name}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"task": task.name, "steps": args.steps, "baseline_metric": baseline_metric,
+    out.write_text(json.dumps({"task": task.name, "steps": args.steps, "importance": args.importance,
+                               "distill": {"optimizer": config.optimizer, "lr": config.lr, "loss": config.loss}, "baseline_metric": baseline_metric,
                                "baseline_ms": base_us / 1000, "rows": rows}, indent=1))
 
 

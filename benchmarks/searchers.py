@@ -80,6 +80,9 @@ def main() -> None:
                         help="the best hypervolume to reach 95%% of (default: the best any run of this table saw)")
     parser.add_argument("--out", default=None, help="results file name under benchmarks/results (default searchers-<task>.json)")
     parser.add_argument("--no-repair", action="store_true", help="compare the searchers without budget repair")
+    parser.add_argument("--search-floor", action="store_true",
+                        help="tell every search the hypervolume's metric floor (as --max-metric-drop), so samplers "
+                             "that read constraints avoid candidates below it (random ignores it)")
     parser.add_argument("--keep-runs", default=None, help="folder for the run directories (default: a temporary one)")
     args = parser.parse_args()
 
@@ -90,12 +93,20 @@ def main() -> None:
     root = Path(args.keep_runs) if args.keep_runs else Path(tempfile.mkdtemp(prefix="searchers-"))
     results: dict[str, list[dict]] = {}
     baseline: dict = {}
+    max_drop = None
+    if args.search_floor:
+        from autocompress.evaluators import evaluate
+
+        original = evaluate(task.model, task.eval_loader, task.metric)
+        default_floor = (args.floor_fraction if task.higher_is_better else 1.0 / args.floor_fraction) * original
+        max_drop = abs(original - (args.metric_floor if args.metric_floor is not None else default_floor))
     for name in searchers:
         for seed in seeds:
             run_dir = root / f"{name}-{seed}"
             config = SearchConfig(
                 task=args.task, latency_budget=args.latency_budget, trials=args.trials, run_dir=str(run_dir), searcher=name,
                 seed=seed, distill=DistillConfig(steps=args.distill_steps), space=SpaceConfig(), repair=not args.no_repair,
+                max_metric_drop=max_drop,
             )
             t0 = time.perf_counter()
             result = run_search(config, console=console, task=task)
@@ -147,6 +158,7 @@ def main() -> None:
     atomic_write_json(out, {
         "schema": 1, "task": task.name, "latency_budget": args.latency_budget, "trials": args.trials, "seeds": seeds,
         "distill_steps": args.distill_steps, "repair": not args.no_repair, "metric_floor": args.metric_floor,
+        "search_floor_drop": max_drop,
         "floor_fraction": args.floor_fraction, "best_hypervolume": best,
         "hypervolume_latency": "predicted", "baseline": baseline, "table": table, "runs": results,
     })

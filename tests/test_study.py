@@ -147,3 +147,28 @@ def test_batch_size_is_part_of_the_target(tmp_path, digits_task):
         run_search(_config(run_dir, "0.9x", trials=1), task=digits_task)
     with pytest.raises(UserError, match="batch-size must be at least 1"):
         _config(tmp_path / "neg", "0.9x", batch_size=-1)
+
+
+def test_metric_floor_is_a_constraint_and_bounds_the_front(tmp_path, digits_task):
+    run_dir = tmp_path / "floor"
+    # A floor just under the original: most fine-tuned candidates lose more than this.
+    run_search(_config(run_dir, "0.9x", trials=3, max_metric_drop=0.002), task=digits_task)
+    manifest = json.loads((run_dir / "run.json").read_text())
+    floor = manifest["metric_floor"]
+    assert floor == pytest.approx(manifest["baseline"]["metric"] - 0.002)
+    completed = [t for t in _trials(run_dir) if t.user_attrs.get("status") == "completed"]
+    assert len(completed) == 3
+    for t in completed:  # the sampler sees the shortfall as a named constraint
+        assert t.constraints["metric_below_floor"] == pytest.approx(floor - t.user_attrs["metric"])
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    assert pareto["metric_floor"] == floor
+    assert pareto["counts"]["below_metric_floor"] == sum(1 for t in completed if t.user_attrs["metric"] < floor) >= 1
+    assert all(m["metric"] >= floor for m in pareto["members"])
+    assert "floor" in (run_dir / "report.html").read_text()
+
+
+def test_negative_metric_drop_is_refused():
+    from autocompress.errors import UserError
+
+    with pytest.raises(UserError, match="--max-metric-drop must be a number >= 0"):
+        SearchConfig(max_metric_drop=-0.01)

@@ -107,6 +107,17 @@ def _key_values(mapping: Mapping[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _floor_line(summary: Mapping[str, Any]) -> str:
+    """The metric floor of a run searched with --max-metric-drop, and how many fine-tuned
+    candidates fell beyond it (empty without a floor)."""
+    floor = summary.get("metric_floor")
+    if floor is None:
+        return ""
+    beyond = summary.get("counts", {}).get("below_metric_floor", 0)
+    return (f"<br>{html.escape(str(summary['metric_name']))} floor <b>{floor:.4f}</b>"
+            f" ({beyond} fine-tuned candidate{'s' if beyond != 1 else ''} beyond it, left off the front)")
+
+
 def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], front: list[Mapping], budget_noise: float = 1.05) -> Path:
     """Write ``report.html`` for a run. ``summary`` holds task, baseline, budget, profile,
     counts, fidelity and the model's layers; ``trials`` are the trial store's records;
@@ -129,7 +140,7 @@ def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], 
 <p class="sub">Run <code>{html.escape(str(summary['run']))}</code>{f" &middot; created {html.escape(str(summary['created']))}" if summary.get('created') else ""}</p></header>
 <section class="facts">
 <div><b>Original model</b><br>{metric} <b>{base['metric']:.4f}</b>{extra}<br>latency <b>{base['latency_ms']:.3f} ms</b></div>
-<div><b>Budget</b><br><b>{summary['budget_ms']:.3f} ms</b> (<code>{html.escape(str(summary['budget']))}</code>)</div>
+<div><b>Budget</b><br><b>{summary['budget_ms']:.3f} ms</b> (<code>{html.escape(str(summary['budget']))}</code>){_floor_line(summary)}</div>
 <div><b>Trials</b><br>{counts.get('completed', 0)} fine-tuned, {counts.get('infeasible', 0)} rejected by the latency table,
 {counts.get('failed', 0)} failed, {counts.get('failed_verification', 0)} failed engine verification;
 {counts.get('repaired', 0)} fine-tuned trials were over-budget proposals repaired to fit</div>

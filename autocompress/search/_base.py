@@ -22,6 +22,10 @@ class Outcome:
       how many milliseconds.
     - ``failed``: an error inside the trial; ``reason`` says which.
 
+    ``metric_shortfall``: for a completed trial of a study with a metric floor
+    (``--max-metric-drop``), how far the metric falls short of the floor, in the metric's
+    units (> 0: below the floor, which makes the trial infeasible to the sampler).
+
     ``overhead_s`` is the time the caller spent on this trial outside fine-tuning before
     ``tell`` (ask, predict, repair, record); ``tell`` adds its own time and stores the sum
     as the trial's ``overhead_s``.
@@ -34,6 +38,7 @@ class Outcome:
     reason: str = ""
     size_bytes: float | None = None
     overhead_s: float = 0.0
+    metric_shortfall: float | None = None
 
 
 @runtime_checkable

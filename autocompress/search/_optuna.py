@@ -15,6 +15,7 @@ from autocompress.spaces import Policy, SearchSpace
 __all__ = ["OPTUNA_CLASSES", "SAMPLERS", "OptunaSearcher", "TrialStore", "make_sampler", "parse_objectives"]
 
 CONSTRAINT = "latency_over_budget_ms"  # predicted latency minus budget: positive is infeasible
+METRIC_CONSTRAINT = "metric_below_floor"  # the metric's shortfall from the accepted floor: positive is infeasible
 STUDY_NAME = "autocompress"
 
 
@@ -148,6 +149,8 @@ class TrialStore:
         trial = self._live.pop(trial_id)
         if outcome.status != "failed":
             trial.set_constraint(CONSTRAINT, float(outcome.constraint))
+        if outcome.status == "completed" and outcome.metric_shortfall is not None and math.isfinite(outcome.metric_shortfall):
+            trial.set_constraint(METRIC_CONSTRAINT, float(outcome.metric_shortfall))
         trial.set_user_attr("status", outcome.status)
         trial.set_user_attr("overhead_s", outcome.overhead_s + overhead_s)
         if outcome.reason:

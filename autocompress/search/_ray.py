@@ -296,9 +296,10 @@ class _TrialBook:
         self, searcher: Searcher, predict_ms: Callable[[Policy], float], budget_ms: float, run_dir: Path, target: int,
         sweep: RaySweep, max_proposals: int, max_failures_before_success: int, seen: dict[str, dict],
         on_completed: Callable[[int, float, dict], None], on_measured: Callable[[Policy, float], None],
-        repair: Callable[[Policy], Any] | None = None,
+        repair: Callable[[Policy], Any] | None = None, shortfall: Callable[[float], float | None] = lambda metric: None,
     ) -> None:
         self.searcher, self.predict_ms, self.budget_ms = searcher, predict_ms, budget_ms
+        self.shortfall = shortfall  # metric -> its shortfall from the run's metric floor (None without one)
         self.repair = repair  # over-budget policy -> a repair (``.policy``, ``.steps``) or None
         self.engines_dir = run_dir / "engines"
         self.target, self.sweep, self.max_proposals = target, sweep, max_proposals
@@ -347,7 +348,7 @@ class _TrialBook:
                 prev = self.seen[policy.digest]
                 self.searcher.record(trial_id, {**attrs, "duplicate_of": prev.get("trial"), "measured_ms": prev.get("measured_ms")})
                 self.searcher.tell(trial_id, Outcome("completed", prev["metric"], prev.get("measured_ms", predicted_ms),
-                                                     predicted_ms - self.budget_ms))
+                                                     predicted_ms - self.budget_ms, metric_shortfall=self.shortfall(prev["metric"])))
                 continue
             self.live[tune_trial_id] = _Launched(trial_id, policy, predicted_ms, time.time())
             return {"trial": trial_id, "policy": policy.to_dict()}
@@ -376,7 +377,7 @@ class _TrialBook:
             latency_ms = attrs["engine"]["latency_us"] / 1000
             self.searcher.record(trial_id, attrs)
             self.searcher.tell(trial_id, Outcome("completed", attrs["metric"], latency_ms, predicted_ms - self.budget_ms,
-                                                 size_bytes=attrs.get("size_bytes")))
+                                                 size_bytes=attrs.get("size_bytes"), metric_shortfall=self.shortfall(attrs["metric"])))
             self.seen[policy.digest] = attrs
             self.on_measured(policy, attrs["engine"]["latency_us"])
             self.sweep.completed += 1
@@ -443,6 +444,7 @@ def run_ray_trials(
     higher_is_better: bool,
     callbacks: Sequence[Any] = (),
     repair: Callable[[Policy], Any] | None = None,
+    shortfall: Callable[[float], float | None] = lambda metric: None,
 ) -> RaySweep:
     """Run trials on Ray until ``target`` fine-tunes have completed (``completed`` already
     have), proposals run out, or the first ones all fail.
@@ -453,6 +455,8 @@ def run_ray_trials(
     are called on the driver after each completed trial is recorded. ``callbacks`` are extra
     Ray Tune callbacks. ``repair(policy)`` turns an over-budget proposal into one the table
     predicts within budget (or None), launched as its own trial linked to the proposal.
+    ``shortfall(metric)`` is how far a completed trial's metric falls short of the run's
+    metric floor (None without one), told to the searcher as a constraint.
     """
     ray = _import_ray()
     from ray import tune
@@ -463,7 +467,7 @@ def run_ray_trials(
     started_here = connect(config.address)
     sweep = RaySweep(completed=completed)
     book = _TrialBook(searcher, predict_ms, budget_ms, run_dir, target, sweep, max_proposals, max_failures_before_success,
-                      seen, on_completed, on_measured, repair)
+                      seen, on_completed, on_measured, repair, shortfall)
     steps = spec.distill.steps
     scheduler: Any = FIFOScheduler()
     if config.early_stop and steps >= 4:  # the metric at each quarter of the steps; halving at the rungs
