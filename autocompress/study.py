@@ -97,6 +97,14 @@ class SearchConfig:
         return cls(**plain, distill=DistillConfig(**distill), space=SpaceConfig(**space), ray=ray)
 
 
+def metric_shortfall(metric: float, floor: float | None, higher_is_better: bool) -> float | None:
+    """How far ``metric`` falls short of a run's metric floor (> 0: beyond it, infeasible),
+    or None for a run without one (no --max-metric-drop)."""
+    if floor is None:
+        return None
+    return floor - metric if higher_is_better else metric - floor
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -340,8 +348,7 @@ def run_search(
                       f"(at most {config.max_metric_drop:g} lost); candidates beyond it are infeasible and left off the front")
 
     def shortfall(metric: float) -> float | None:
-        """How far ``metric`` falls short of the floor (> 0: infeasible), or None without a floor."""
-        return None if metric_floor is None else sign * (metric_floor - metric)
+        return metric_shortfall(metric, metric_floor, task.higher_is_better)
     check_batches = [next(iter(task.eval_loader))]
 
     # 3. Latency table: measured on the target, calibrated on whole models.
@@ -635,7 +642,7 @@ def finalize_run(
         counts["stopped_early"] = sum(1 for t in trials if t.get("stopped_early"))
     metric_of, latency_of = (lambda t: t["metric"]), (lambda t: t["measured_ms"])
     floor = manifest.get("metric_floor")  # set by --max-metric-drop: what lies beyond it is not on the front
-    below = (lambda t: (t["metric"] < floor) if higher else (t["metric"] > floor)) if floor is not None else (lambda t: False)
+    below = lambda t: (metric_shortfall(t["metric"], floor, higher) or 0.0) > 0  # noqa: E731
     if floor is not None:
         counts["below_metric_floor"] = sum(1 for t in exported if below(t))
     near = [t for t in exported if t["measured_ms"] <= budget_ms * 1.25 and not below(t) and _engine_file(run_dir, t).is_file()]
