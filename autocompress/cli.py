@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("search", help="search pruning, bit widths and ranks under a latency budget")
-    s.add_argument("--task", default="demo", help="built-in task name (demo), path/to/file.py:build or package.module:build")
+    s.add_argument("--task", default="demo", help="built-in task name (demo or minilm), path/to/file.py:build or package.module:build")
     s.add_argument("--latency-budget", default=None, help="absolute (2.5ms, 800us) or a fraction of the original latency (0.5x); required unless --resume")
     s.add_argument("--trials", type=int, default=20, help="candidates to fine-tune (proposals over budget do not count)")
     s.add_argument("--run-dir", default=None, help="output folder (default runs/<task>); re-running resumes it")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     lsub = lut.add_subparsers(dest="lut_command", required=True, parser_class=_Parser)
     table_help = "table file (default: the table shared by every run on this target, in the cache)"
     b = lsub.add_parser("build", help="measure every layer configuration the task's space can reach, then calibrate")
-    b.add_argument("--task", default="demo")
+    b.add_argument("--task", default="demo", help="task whose space the table covers (demo or minilm, or a path/module spec as for search)")
     b.add_argument("--table", default=None, help=table_help)
     _target_and_space_options(b)
     sh = lsub.add_parser("show", help="the table's target, entries, calibrations and non-monotone channel counts")
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--batch-size", type=int, default=1, help="target batch size (chooses the default table)")
     _backend_option(sh)
     v = lsub.add_parser("validate", help="predicted vs measured end-to-end latency of random candidates")
-    v.add_argument("--task", default="demo")
+    v.add_argument("--task", default="demo", help="task whose space the candidates are drawn from (demo or minilm, or a path/module spec as for search)")
     v.add_argument("--samples", type=int, default=20)
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -60,12 +60,42 @@ def _policies(space, inventory) -> dict[str, Policy]:
     return policies
 
 
+def _sensitivity_mix(task, inventory, space, int8: dict, calib: list, importance: str, ratio: float,
+                     max_drop: float) -> tuple[Policy | None, dict[str, float]]:
+    """int8 with ``ratio`` of the coupling groups pruned that cost least alone: each group is
+    pruned on its own (with int8 everywhere) and scored before any fine-tuning; groups are
+    taken cheapest first while their summed loss of metric stays within ``max_drop``. The
+    one-shot sensitivity analysis of NNI's and AIMET's pruners, as a per-layer mix the
+    search space contains. Returns it (None when no group fits: a CNN whose pruned
+    BatchNorms score at chance before fine-tuning) and each group's cost."""
+    sign = 1.0 if task.higher_is_better else -1.0
+    ref = evaluate(compress.apply(task.model, inventory, Policy(bits=int8), task.example_inputs, calib), task.eval_loader, task.metric)
+    costs = {}
+    for name, domain in space.domains.items():
+        if name.startswith("prune/") and ratio in domain:
+            group = name.split("/", 1)[1]
+            student = compress.apply(task.model, inventory, Policy(bits=int8, prune={group: ratio}), task.example_inputs, calib,
+                                     importance=importance)
+            costs[group] = sign * (ref - evaluate(student, task.eval_loader, task.metric))
+    chosen, spent = {}, 0.0
+    for group, cost in sorted(costs.items(), key=lambda kv: kv[1]):
+        if spent + max(cost, 0.0) > max_drop:
+            break
+        chosen[group], spent = ratio, spent + max(cost, 0.0)
+    print(f"sensitivity before fine-tuning ({ratio:.0%} of one group, int8 everywhere): "
+          + ", ".join(f"{g} {c:+.4f}" for g, c in sorted(costs.items(), key=lambda kv: kv[1])), flush=True)
+    return (Policy(prune=chosen, bits=int8) if chosen else None), costs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="demo")
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--importance", choices=("l1", "l2", "taylor"), default="l1", help="pruning criterion")
+    parser.add_argument("--mix-ratio", type=float, default=0.25, help="pruning ratio of the sensitivity-guided mix's groups")
+    parser.add_argument("--mix-max-drop", type=float, default=0.02,
+                        help="summed loss of metric before fine-tuning the sensitivity-guided mix may spend")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -81,7 +111,12 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         engines = [to_onnx_bytes(task.model, task.example_inputs)]
-        for name, policy in _policies(space, inventory).items():
+        policies = _policies(space, inventory)
+        int8 = policies["int8"].bits
+        mix, costs = _sensitivity_mix(task, inventory, space, int8, calib, args.importance, args.mix_ratio, args.mix_max_drop)
+        if mix is not None:
+            policies[f"int8 + prune {args.mix_ratio:.0%} of the cheapest groups"] = mix
+        for name, policy in policies.items():
             t0 = time.perf_counter()
             student = compress.apply(task.model, inventory, policy, task.example_inputs, calib, importance=args.importance)
             before = evaluate(student, task.eval_loader, task.metric)
@@ -113,7 +148,9 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"task": task.name, "steps": args.steps, "importance": args.importance,
                                "distill": {"optimizer": config.optimizer, "lr": config.lr, "loss": config.loss}, "baseline_metric": baseline_metric,
-                               "baseline_ms": base_us / 1000, "rows": rows}, indent=1))
+                               "baseline_ms": base_us / 1000,
+                               "sensitivity": {"ratio": args.mix_ratio, "max_drop": args.mix_max_drop, "cost_before_finetune": costs},
+                               "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":
