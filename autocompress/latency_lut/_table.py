@@ -703,27 +703,9 @@ class LatencyTable:
         return calibration.apply(raw, share) if local else calibration.line(raw)
 
     def fastest(self, inventory: LayerInventory, space: SearchSpace, passes: int = 2) -> tuple[Policy, float]:
-        """The fastest policy the space offers by the table, and its predicted latency (us).
-
-        Latency is not monotone in the choices (int8 on a few channels can be slower than
-        fp32), so the most aggressive policy is only the start of a coordinate descent
-        that tries every value of every dimension against the table.
-        """
-        params = space.to_params(space.extreme())
-        best = self.predict_us(inventory, space.from_params(params))
-        for _ in range(passes):
-            improved = False
-            for name, domain in space.domains.items():
-                for value in domain:
-                    if value == params[name]:
-                        continue
-                    trial = {**params, name: value}
-                    us = self.predict_us(inventory, space.from_params(trial))
-                    if us < best:
-                        params, best, improved = trial, us, True
-            if not improved:
-                break
-        return space.from_params(params), best
+        """The fastest policy the space offers by the table, and its predicted latency (us);
+        see ``SearchSpace.fastest``."""
+        return space.fastest(lambda p: self.predict_us(inventory, p), passes)
 
     def is_calibrated(self, inventory: LayerInventory) -> bool:
         return inventory.fingerprint in self.calibrations

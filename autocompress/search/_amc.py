@@ -123,24 +123,6 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _fastest(space: SearchSpace, latency_us: Callable[[Policy], float], passes: int = 2) -> dict[str, Any]:
-    """The fastest parameters by ``latency_us``: coordinate descent from the most compressed
-    policy (latency is not monotone in the choices, so that alone may not be the fastest)."""
-    params = space.to_params(space.extreme())
-    best = latency_us(space.from_params(params))
-    for _ in range(passes):
-        improved = False
-        for name, domain in space.domains.items():
-            for value in domain:
-                if value != params[name]:
-                    us = latency_us(space.from_params({**params, name: value}))
-                    if us < best:
-                        params, best, improved = {**params, name: value}, us, True
-        if not improved:
-            break
-    return params
-
-
 def _mlp(inputs: int, hidden: int, outputs: int, last: nn.Module | None) -> nn.Sequential:
     head = nn.Linear(hidden, outputs)
     nn.init.uniform_(head.weight, -3e-3, 3e-3)  # DDPG: start near the middle of the action range
@@ -176,7 +158,7 @@ class AMCSearcher(TrialStore):
         base = space.to_params(space.baseline())
         self._base_params = base
         self._extreme_params = space.to_params(space.extreme())
-        self._fastest_params = _fastest(space, latency_us)
+        self._fastest_params = space.to_params(space.fastest(latency_us)[0])
         self._base_us = max(latency_us(space.from_params(base)), 1e-9)
         self._unit_share = []
         for unit in self.units:

@@ -4,7 +4,7 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from autocompress.inventory import Group, Layer, LayerInventory
 
@@ -219,6 +219,39 @@ class SearchSpace:
         """Most aggressive choice everywhere: highest pruning, fewest bits, lowest rank."""
         params = {n: (max(d) if n.startswith("prune/") else min(d)) for n, d in self.domains.items()}
         return self.from_params(params)
+
+    def fastest(self, latency_us: Callable[[Policy], float], passes: int = 2) -> tuple[Policy, float]:
+        """The fastest policy by ``latency_us`` (a table's prediction), and its latency.
+
+        Latency is not monotone in the choices (int8 on a few channels can be slower than
+        fp32; 4-bit MatMulNBits is slower than int8 at 32 rows on a CPU with AMX), so the most
+        aggressive policy is only one start of a coordinate descent that tries every value of
+        every dimension. One flipped layer among others of one precision pays the conversions
+        on both sides, so the descent also starts from the most aggressive policy at each
+        single bit width; the fastest end point wins.
+        """
+        extreme = self.to_params(self.extreme())
+        widths = sorted({v for n, d in self.domains.items() if n.startswith("bits/") for v in d})
+        starts = [extreme] + [{n: (w if n.startswith("bits/") and w in self.domains[n] else v) for n, v in extreme.items()}
+                              for w in widths]
+        found: list[tuple[float, dict[str, Any]]] = []
+        for start in {tuple(sorted(p.items())): p for p in starts}.values():
+            params, best = start, latency_us(self.from_params(start))
+            for _ in range(passes):
+                improved = False
+                for name, domain in self.domains.items():
+                    for value in domain:
+                        if value == params[name]:
+                            continue
+                        trial = {**params, name: value}
+                        us = latency_us(self.from_params(trial))
+                        if us < best:
+                            params, best, improved = trial, us, True
+                if not improved:
+                    break
+            found.append((best, params))
+        best, params = min(found, key=lambda f: f[0])
+        return self.from_params(params), best
 
     def contains(self, policy: Policy) -> bool:
         try:
