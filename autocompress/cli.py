@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--objectives", default="metric,latency", help="metric,latency (default) or metric,latency,size")
     s.add_argument("--repair", action=argparse.BooleanOptionalAction, default=True,
                    help="repair over-budget proposals toward the budget with the latency table (default on)")
+    s.add_argument("--sensitivity-seed", action=argparse.BooleanOptionalAction, default=True,
+                   help="before the first trial, score each coupling group's lightest pruning without fine-tuning and "
+                        "propose int8 with the cheapest groups pruned until it fits the budget (default on)")
     s.add_argument("--max-metric-drop", type=float, default=None, metavar="DROP",
                    help="the most of the task's metric you accept to lose, in its units (0.01 = one point of accuracy): "
                         "candidates losing more are infeasible to the searcher and left off the front (default: no floor)")
@@ -158,7 +161,7 @@ _RECORDED_OPTIONS = {
     "no_shared_table": ("share_table",), "allow_other_profile": ("allow_other_profile",), "backend": ("backend",),
     "final_finetune": ("final_finetune",), "ray_address": ("ray", "address"), "workers": ("ray", "workers"),
     "ray_max_failures": ("ray", "max_failures"), "early_stop": ("ray", "early_stop"), "batch_size": ("batch_size",),
-    "max_metric_drop": ("max_metric_drop",),
+    "max_metric_drop": ("max_metric_drop",), "sensitivity_seed": ("sensitivity_seed",),
 }
 
 
@@ -241,7 +244,7 @@ def _search(args: argparse.Namespace) -> int:
     config = SearchConfig(
         task=args.task, latency_budget=args.latency_budget, trials=args.trials,
         run_dir=args.run_dir or f"runs/{task_name}", searcher=args.searcher, seed=args.seed, distill=distill,
-        objectives=tuple(args.objectives.split(",")), repair=args.repair,
+        objectives=tuple(args.objectives.split(",")), repair=args.repair, sensitivity_seed=args.sensitivity_seed,
         space=space, lr_given=args.lr is not None, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
         final_finetune=args.final_finetune,
         backend=args.backend, batch_size=args.batch_size, max_metric_drop=args.max_metric_drop,

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
@@ -35,7 +35,9 @@ from autocompress.export import (
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend
 from autocompress.report import pareto_front, write_report
-from autocompress.search import BudgetRepair, Outcome, WeightL1Importance, make_searcher, parse_objectives, validate_searcher_name
+from autocompress.search import (
+    BudgetRepair, Outcome, WeightL1Importance, make_searcher, parse_objectives, sensitivity_seed, validate_searcher_name,
+)
 from autocompress.search._ray import RayConfig
 from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
 from autocompress.task import Task, as_input_tuple, load_task
@@ -70,6 +72,7 @@ class SearchConfig:
     final_finetune: int = 0  # extra distillation steps for each front member before its final export
     ray: RayConfig | None = None  # run the trials as Ray Tune trials on a Ray cluster
     max_metric_drop: float | None = None  # the most metric the user accepts to lose (metric units); None: no floor
+    sensitivity_seed: bool = True  # score each group's pruning before fine-tuning for a budget-fitted first proposal
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -204,6 +207,33 @@ def seed_policies(space: SearchSpace) -> list[Policy]:
             pruned[name] = min((r for r in domain if r > 0), default=0.0)
     seeds.append(space.from_params(pruned))
     return [p for i, p in enumerate(seeds) if p not in seeds[:i] and p != Policy()]
+
+
+def _sensitivity_seed(
+    bench: Workbench, base: Policy, latency_us: Callable[[Policy], float], budget_us: float, run_dir: Path, manifest: dict,
+    console: Console,
+) -> Policy | None:
+    """Score each group's lightest pruning on top of ``base`` before fine-tuning, and return
+    ``base`` with the cheapest groups pruned until it fits the budget (None when the base
+    fits or no such policy does); the costs go into run.json."""
+    task = bench.task
+    sign = 1.0 if task.higher_is_better else -1.0
+    t0 = time.perf_counter()
+    with console.status("Scoring each coupling group's pruning before fine-tuning ..."):
+        seed, costs = sensitivity_seed(bench.space, base, lambda p: sign * evaluate(bench.candidate(p), task.eval_loader, task.metric),
+                                       latency_us, budget_us)
+    if not costs:
+        return None
+    seconds = time.perf_counter() - t0
+    manifest["sensitivity"] = {"base": base.to_dict(), "costs": costs, "seed": seed.to_dict() if seed else None, "seconds": seconds}
+    atomic_write_json(run_dir / "run.json", manifest)
+    if seed is None:
+        console.print(f"Sensitivity: {len(costs)} groups scored in {seconds:.0f} s; no budget-fitted seed from them.")
+        return None
+    added = sorted(set(seed.prune) - set(base.prune), key=lambda g: costs[g])
+    console.print(f"Sensitivity seed: {len(added)} of {len(costs)} groups pruned, the cheapest before fine-tuning "
+                  f"({', '.join(f'{g} {costs[g]:+.4f}' for g in added[:4])}{', ...' if len(added) > 4 else ''}; {seconds:.0f} s)")
+    return seed
 
 
 def _summarize_policy(policy: Policy, n_layers: int) -> str:
@@ -411,8 +441,14 @@ def run_search(
     interrupted = searcher.abandon_running(retry=True)
     repair = BudgetRepair(space, lambda p: table.predict_us(inventory, p), WeightL1Importance(task.model, inventory, space)) if config.repair else None
     if not searcher.study.get_trials(deepcopy=False):
-        for policy in seed_policies(space):  # the uniform baselines every method is compared with
-            searcher.enqueue(policy)
+        seeds: list[tuple[Policy, dict]] = [(p, {}) for p in seed_policies(space)]  # the uniform baselines
+        if config.sensitivity_seed and seeds:  # proposed right after int8 everywhere, before the uniform pruning
+            informed = _sensitivity_seed(bench, seeds[0][0], lambda p: table.predict_us(inventory, p), budget_ms * 1000,
+                                         run_dir, manifest, console)
+            if informed is not None and all(informed != p for p, _ in seeds):
+                seeds.insert(1, (informed, {"seed": "sensitivity"}))
+        for policy, attrs in seeds:
+            searcher.enqueue(policy, attrs)
     if interrupted:
         console.print(f"Marked {interrupted} interrupted trial(s) of the previous process as failed; their candidates are proposed again.")
     completed = [t for t in searcher.study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "completed"]

@@ -12,6 +12,7 @@ import pytest
 from autocompress.evaluators import DistillConfig
 from autocompress.latency_lut import LatencyTable, OrtCpuBackend
 from autocompress.spaces import SpaceConfig, build_space
+from autocompress.inventory import build_inventory
 from autocompress.study import SearchConfig, run_search, seed_policies
 from autocompress.task import load_task
 
@@ -26,8 +27,6 @@ def _config(run_dir: Path, budget: str, **kw) -> SearchConfig:
 
 @pytest.mark.slow  # measures a latency table and fine-tunes: minutes on 2 shared cores
 def test_an_over_budget_proposal_yields_a_repaired_trial_within_budget(tmp_path):
-    from autocompress.inventory import build_inventory
-
     task = load_task(EXAMPLE)
     first = tmp_path / "first"
     run_search(_config(first, "0.95x"), task=task)  # measures and calibrates the table
@@ -54,3 +53,31 @@ def test_an_over_budget_proposal_yields_a_repaired_trial_within_budget(tmp_path)
     assert repaired.user_attrs["status"] == "completed" and repaired.user_attrs["predicted_ms"] <= budget_ms
     assert repaired.user_attrs["overhead_s"] > 0 and repaired.user_attrs["finetune_s"] > 0
     assert json.loads((run_dir / "pareto.json").read_text())["counts"]["repaired"] == 1
+
+
+def test_the_sensitivity_seed_is_proposed_after_int8_and_fits_the_budget(tmp_path, monkeypatch):
+    """The table's predictions are replaced by a fixed function of the policy, so the budget
+    sits between int8 everywhere and the uniform pruning whatever the machine's speed does;
+    the groups' costs, the fine-tune and the export are real."""
+    def predict_us(self, inventory, policy, local=True):  # 100 us; int8 saves 3 us a layer, each pruned group 5 us
+        return 100.0 - 3.0 * sum(1 for b in policy.bits.values() if b == 8) - 5.0 * sum(1 for r in policy.prune.values() if r > 0)
+
+    monkeypatch.setattr(LatencyTable, "predict_us", predict_us)
+    task = load_task(EXAMPLE)
+    run_dir = tmp_path / "seeded"
+    run_search(_config(run_dir, "60us", share_table=False, repair=False), task=task)
+
+    manifest = json.loads((run_dir / "run.json").read_text())
+    sensitivity = manifest["sensitivity"]
+    space = build_space(build_inventory(task.model, task.example_inputs), SPACE)
+    int8 = seed_policies(space)[0]
+    assert set(sensitivity["costs"]) == {n.split("/", 1)[1] for n in space.domains if n.startswith("prune/")}
+    assert sensitivity["base"] == int8.to_dict()
+    trials = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{run_dir / 'study.db'}").get_trials()
+    assert trials[0].user_attrs["policy"] == int8.to_dict() and trials[0].user_attrs["status"] == "infeasible"
+    seeded = trials[1]  # right after int8 everywhere, before the uniform pruning
+    assert seeded.user_attrs["seed"] == "sensitivity" and seeded.user_attrs["policy"] == sensitivity["seed"]
+    assert seeded.user_attrs["status"] == "completed" and seeded.user_attrs["predicted_ms"] <= manifest["budget_ms"]
+    chosen = set(sensitivity["seed"]["prune"])
+    assert len(chosen) == 2  # 100 - 30 (int8) - 2 x 5 = 60 us
+    assert max(sensitivity["costs"][g] for g in chosen) <= min(c for g, c in sensitivity["costs"].items() if g not in chosen)

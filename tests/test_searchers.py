@@ -8,9 +8,9 @@ import random
 import pytest
 
 from autocompress.errors import UserError
-from autocompress.search import AMCConfig, AMCSearcher, BudgetRepair, Outcome, make_searcher, parse_objectives
+from autocompress.search import AMCConfig, AMCSearcher, BudgetRepair, Outcome, make_searcher, parse_objectives, sensitivity_seed
 from autocompress.search._repair import more_aggressive
-from autocompress.spaces import SearchSpace, SpaceConfig, build_space
+from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
 from autocompress.testing.searchers import SearcherConformance, synthetic_latency_us, tiny_space
 
 
@@ -163,3 +163,52 @@ def test_amc_saves_its_state_after_each_tell_and_a_new_process_restores_it(tmp_p
     assert again.ask()[1] == first.ask()[1]  # type: ignore[index]
     with pytest.raises(UserError):  # another seed must not silently reuse the agent
         make_searcher("amc", space, storage, 3, True, latency, 800.0, run_dir=tmp_path)
+
+
+def test_sensitivity_seed_prunes_the_cheapest_groups_until_the_budget_fits():
+    space = tiny_space()
+    groups = sorted(n.split("/", 1)[1] for n in space.domains if n.startswith("prune/"))
+    int8 = Policy(bits={n.split("/", 1)[1]: 8 for n in space.domains if n.startswith("bits/")})
+    cost = {g: 0.01 * (i + 1) for i, g in enumerate(reversed(groups))}  # the last group by name is cheapest
+    cost[groups[-2]] = float("nan")  # a group whose candidate scores NaN is never chosen
+    scored = []
+
+    def score(p):
+        scored.append(p)
+        pruned = [g for g in p.prune if p.prune[g] > 0]
+        lightest = {g: min(r for r in space.domains[f"prune/{g}"] if r > 0) for g in pruned}
+        assert p.bits == int8.bits and len(pruned) <= 1 and all(p.prune[g] == lightest[g] for g in pruned)  # one group at its lightest
+        return 1.0 - sum(cost[g] for g in pruned)
+
+    def latency(p):  # each pruned group saves 10 us of 100
+        return 100.0 - 10.0 * sum(1 for r in p.prune.values() if r > 0)
+
+    seed, costs = sensitivity_seed(space, int8, score, latency, budget_us=75.0)
+    assert len(scored) == len(groups) + 1  # the base, then each group alone
+    assert costs[groups[-1]] == pytest.approx(0.01) and costs[groups[-2]] == float("inf")
+    cheapest = sorted((g for g in groups if g != groups[-2]), key=lambda g: cost[g])[:3]
+    assert seed is not None and set(seed.prune) == set(cheapest) and latency(seed) <= 75.0
+    assert seed.bits == int8.bits and space.contains(seed)
+
+    scored.clear()  # nothing is scored where the base fits, or where no such seed can fit
+    assert sensitivity_seed(space, int8, score, latency, budget_us=100.0) == (None, {})
+    assert sensitivity_seed(space, int8, score, latency, budget_us=100.0 - 10.0 * len(groups) - 1) == (None, {})
+    assert not scored
+
+
+def test_the_fastest_policy_is_found_where_the_most_aggressive_precision_is_slow():
+    """4-bit everywhere slower than int8 everywhere, and one layer flipped alone paying the
+    conversions around it: the descent from the most aggressive policy stops there, the one
+    from int8 everywhere finds the fastest."""
+    space = tiny_space()
+    space = build_space(space.inventory, SpaceConfig(prune_ratios=(0.0, 0.5), bits=(32, 8, 4), rank_ratios=(1.0,)))
+    per_layer = {32: 10.0, 8: 3.0, 4: 5.0}
+
+    def latency(p):
+        widths = [p.bits_of(n.split("/", 1)[1]) for n in space.domains if n.startswith("bits/")]
+        return sum(per_layer[w] for w in widths) + 20.0 * (len(set(widths)) - 1) - sum(p.prune.values())
+
+    extreme = space.extreme()
+    assert 4 in extreme.bits.values()
+    policy, us = space.fastest(latency)
+    assert set(policy.bits.values()) == {8} and us == latency(policy) < latency(extreme)

@@ -136,9 +136,10 @@ class TrialStore:
     def has_queued(self) -> bool:
         return bool(self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
-    def enqueue(self, policy: Policy) -> None:
-        """Have ``policy`` proposed before the sampler's own choices."""
-        self.study.enqueue_trial(self.space.to_params(policy), skip_if_exists=True)
+    def enqueue(self, policy: Policy, attrs: Mapping[str, Any] = {}) -> None:
+        """Have ``policy`` proposed before the sampler's own choices; ``attrs`` are recorded
+        on its trial (where it came from)."""
+        self.study.enqueue_trial(self.space.to_params(policy), user_attrs=dict(attrs) or None, skip_if_exists=True)
 
     def record(self, trial_id: int, attrs: Mapping[str, Any]) -> None:
         trial = self._live[trial_id]
