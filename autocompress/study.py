@@ -213,27 +213,31 @@ def _sensitivity_seed(
     bench: Workbench, base: Policy, latency_us: Callable[[Policy], float], budget_us: float, run_dir: Path, manifest: dict,
     console: Console,
 ) -> Policy | None:
-    """Score each group's lightest pruning on top of ``base`` before fine-tuning, and return
-    ``base`` with the cheapest groups pruned until it fits the budget (None when the base
-    fits or no such policy does); the costs go into run.json."""
+    """Score each group's pruning on top of ``base`` before fine-tuning, and return ``base``
+    with the cheapest groups pruned until it fits the budget (None when the base fits or no
+    such policy does); what was scored goes into run.json."""
     task = bench.task
     sign = 1.0 if task.higher_is_better else -1.0
     t0 = time.perf_counter()
     with console.status("Scoring each coupling group's pruning before fine-tuning ..."):
-        seed, costs = sensitivity_seed(bench.space, base, lambda p: sign * evaluate(bench.candidate(p), task.eval_loader, task.metric),
-                                       latency_us, budget_us)
-    if not costs:
+        found = sensitivity_seed(bench.space, base, lambda p: sign * evaluate(bench.candidate(p), task.eval_loader, task.metric),
+                                 latency_us, budget_us)
+    if not found.costs:
         return None
     seconds = time.perf_counter() - t0
-    manifest["sensitivity"] = {"base": base.to_dict(), "costs": costs, "seed": seed.to_dict() if seed else None, "seconds": seconds}
+    manifest["sensitivity"] = {
+        "base": base.to_dict(), "level": found.level, "ratios": found.ratios, "costs": found.costs,
+        "seed": found.seed.to_dict() if found.seed else None, "seconds": seconds,
+    }
     atomic_write_json(run_dir / "run.json", manifest)
-    if seed is None:
-        console.print(f"Sensitivity: {len(costs)} groups scored in {seconds:.0f} s; no budget-fitted seed from them.")
+    if found.seed is None:
+        console.print(f"Sensitivity: {len(found.costs)} groups scored in {seconds:.0f} s; no budget-fitted seed from them.")
         return None
-    added = sorted(set(seed.prune) - set(base.prune), key=lambda g: costs[g])
-    console.print(f"Sensitivity seed: {len(added)} of {len(costs)} groups pruned, the cheapest before fine-tuning "
-                  f"({', '.join(f'{g} {costs[g]:+.4f}' for g in added[:4])}{', ...' if len(added) > 4 else ''}; {seconds:.0f} s)")
-    return seed
+    added = sorted((g for g in found.costs if found.seed.prune.get(g) == found.ratios[g]), key=lambda g: found.costs[g])
+    console.print(f"Sensitivity seed: {len(added)} of {len(found.costs)} groups pruned {'further ' if found.level else ''}"
+                  f"by the cheapest cost before fine-tuning ({', '.join(f'{g} {found.costs[g]:+.4f}' for g in added[:4])}"
+                  f"{', ...' if len(added) > 4 else ''}; {seconds:.0f} s)")
+    return found.seed
 
 
 def _summarize_policy(policy: Policy, n_layers: int) -> str:

@@ -72,7 +72,7 @@ def test_the_sensitivity_seed_is_proposed_after_int8_and_fits_the_budget(tmp_pat
     space = build_space(build_inventory(task.model, task.example_inputs), SPACE)
     int8 = seed_policies(space)[0]
     assert set(sensitivity["costs"]) == {n.split("/", 1)[1] for n in space.domains if n.startswith("prune/")}
-    assert sensitivity["base"] == int8.to_dict()
+    assert sensitivity["base"] == int8.to_dict() and sensitivity["level"] == 0
     trials = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{run_dir / 'study.db'}").get_trials()
     assert trials[0].user_attrs["policy"] == int8.to_dict() and trials[0].user_attrs["status"] == "infeasible"
     seeded = trials[1]  # right after int8 everywhere, before the uniform pruning

@@ -168,6 +168,7 @@ def test_amc_saves_its_state_after_each_tell_and_a_new_process_restores_it(tmp_p
 def test_sensitivity_seed_prunes_the_cheapest_groups_until_the_budget_fits():
     space = tiny_space()
     groups = sorted(n.split("/", 1)[1] for n in space.domains if n.startswith("prune/"))
+    lightest = {g: min(r for r in space.domains[f"prune/{g}"] if r > 0) for g in groups}
     int8 = Policy(bits={n.split("/", 1)[1]: 8 for n in space.domains if n.startswith("bits/")})
     cost = {g: 0.01 * (i + 1) for i, g in enumerate(reversed(groups))}  # the last group by name is cheapest
     cost[groups[-2]] = float("nan")  # a group whose candidate scores NaN is never chosen
@@ -176,24 +177,42 @@ def test_sensitivity_seed_prunes_the_cheapest_groups_until_the_budget_fits():
     def score(p):
         scored.append(p)
         pruned = [g for g in p.prune if p.prune[g] > 0]
-        lightest = {g: min(r for r in space.domains[f"prune/{g}"] if r > 0) for g in pruned}
         assert p.bits == int8.bits and len(pruned) <= 1 and all(p.prune[g] == lightest[g] for g in pruned)  # one group at its lightest
         return 1.0 - sum(cost[g] for g in pruned)
 
     def latency(p):  # each pruned group saves 10 us of 100
         return 100.0 - 10.0 * sum(1 for r in p.prune.values() if r > 0)
 
-    seed, costs = sensitivity_seed(space, int8, score, latency, budget_us=75.0)
-    assert len(scored) == len(groups) + 1  # the base, then each group alone
-    assert costs[groups[-1]] == pytest.approx(0.01) and costs[groups[-2]] == float("inf")
+    found = sensitivity_seed(space, int8, score, latency, budget_us=75.0)
+    assert len(scored) == len(groups) + 1 and found.level == 0  # the base, then each group alone
+    assert found.costs[groups[-1]] == pytest.approx(0.01) and found.costs[groups[-2]] == float("inf")
     cheapest = sorted((g for g in groups if g != groups[-2]), key=lambda g: cost[g])[:3]
-    assert seed is not None and set(seed.prune) == set(cheapest) and latency(seed) <= 75.0
-    assert seed.bits == int8.bits and space.contains(seed)
+    assert found.seed is not None and set(found.seed.prune) == set(cheapest) and latency(found.seed) <= 75.0
+    assert found.seed.bits == int8.bits and space.contains(found.seed)
 
     scored.clear()  # nothing is scored where the base fits, or where no such seed can fit
-    assert sensitivity_seed(space, int8, score, latency, budget_us=100.0) == (None, {})
-    assert sensitivity_seed(space, int8, score, latency, budget_us=100.0 - 10.0 * len(groups) - 1) == (None, {})
+    assert sensitivity_seed(space, int8, score, latency, budget_us=100.0).costs == {}
+    assert sensitivity_seed(space, int8, score, latency, budget_us=100.0 - 10.0 * len(groups) - 1).seed is None
     assert not scored
+
+
+def test_sensitivity_seed_climbs_to_heavier_ratios_where_the_lightest_cannot_fit():
+    space = build_space(tiny_space().inventory, SpaceConfig(prune_ratios=(0.0, 0.25, 0.5, 0.75), bits=(32, 8), rank_ratios=(1.0,)))
+    ratios = {n.split("/", 1)[1]: sorted(r for r in d if r > 0) for n, d in space.domains.items() if n.startswith("prune/")}
+    assert any(len(rs) >= 2 for rs in ratios.values())
+    int8 = Policy(bits={n.split("/", 1)[1]: 8 for n in space.domains if n.startswith("bits/")})
+
+    def latency(p):  # 100 us, less 20 us per unit of pruning ratio
+        return 100.0 - 20.0 * sum(p.prune.values())
+
+    at_first = latency(Policy(prune={g: rs[0] for g, rs in ratios.items()}))
+    at_second = latency(Policy(prune={g: rs[min(1, len(rs) - 1)] for g, rs in ratios.items()}))
+    scored = []
+    found = sensitivity_seed(space, int8, lambda p: scored.append(p) or -sum(p.prune.values()), latency, (at_first + at_second) / 2)
+    assert found.level == 1 and found.seed is not None and latency(found.seed) <= (at_first + at_second) / 2
+    assert all(found.seed.prune[g] >= rs[0] for g, rs in ratios.items())  # every group at least at its first ratio
+    assert set(found.costs) == {g for g, rs in ratios.items() if len(rs) >= 2}  # only the groups that can move were scored
+    assert len(scored) == len(found.costs) + 1
 
 
 def test_the_fastest_policy_is_found_where_the_most_aggressive_precision_is_slow():
