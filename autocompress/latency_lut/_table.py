@@ -93,8 +93,8 @@ class ElementwiseChoiceShape:
     @property
     def key(self) -> str:
         dims = "x".join(map(str, self.shape))
-        if self.op.kind == "attention":  # (batch, tokens, kept heads * head_dim)
-            return f"attention|{dims}|d{self.op.head_dim}"
+        if self.op.kind == "attention":  # (batch, tokens, kept heads * head_dim), masked key positions
+            return f"attention|{dims}|d{self.op.head_dim}" + (f"|m{self.op.masked_keys}" if self.op.masked_keys else "")
         return f"{self.op.kind}|{dims}|a{self.op.activation or 'none'}"
 
 
@@ -357,6 +357,8 @@ def _micro_elementwise(choice: ElementwiseChoiceShape) -> tuple[nn.Module, tuple
     if choice.op.kind == "attention":
         qkv = tuple(torch.randn(shape, generator=gen) for _ in range(3))
         mask = torch.zeros(shape[0], 1, 1, shape[1])
+        if choice.op.masked_keys:  # the last key positions, as padding is masked
+            mask[..., shape[1] - choice.op.masked_keys:] = -10000.0
         return _AttentionCore(choice.op.head_dim).eval(), (*qkv, mask)
     return _AddModel(choice.op.activation == "relu").eval(), (torch.randn(shape, generator=gen), torch.randn(shape, generator=gen))
 
