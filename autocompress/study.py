@@ -234,6 +234,10 @@ def _sensitivity_seed(
         console.print(f"Sensitivity: {len(found.costs)} groups scored in {seconds:.0f} s; no budget-fitted seed from them.")
         return None
     added = sorted((g for g in found.costs if found.seed.prune.get(g) == found.ratios[g]), key=lambda g: found.costs[g])
+    if len(added) == len(found.costs):  # the order did not matter: every group is needed
+        console.print(f"Sensitivity: all {len(added)} groups are needed at that pruning to fit the budget; the seed is uniform "
+                      f"({seconds:.0f} s).")
+        return found.seed
     console.print(f"Sensitivity seed: {len(added)} of {len(found.costs)} groups pruned {'further ' if found.level else ''}"
                   f"by the cheapest cost before fine-tuning ({', '.join(f'{g} {found.costs[g]:+.4f}' for g in added[:4])}"
                   f"{', ...' if len(added) > 4 else ''}; {seconds:.0f} s)")
