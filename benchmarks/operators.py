@@ -26,6 +26,7 @@ from autocompress.evaluators import DistillConfig, distill, evaluate
 from autocompress.export import export_engine
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import OrtCpuBackend, feeds_for, to_onnx_bytes
+from autocompress.search import group_costs
 from autocompress.spaces import Policy, SpaceConfig, build_space, is_spatial_conv
 from autocompress.task import load_task
 
@@ -69,14 +70,13 @@ def _sensitivity_mix(task, inventory, space, int8: dict, calib: list, importance
     search space contains. Returns it (None when no group fits: a CNN whose pruned
     BatchNorms score at chance before fine-tuning) and each group's cost."""
     sign = 1.0 if task.higher_is_better else -1.0
-    ref = evaluate(compress.apply(task.model, inventory, Policy(bits=int8), task.example_inputs, calib), task.eval_loader, task.metric)
-    costs = {}
-    for name, domain in space.domains.items():
-        if name.startswith("prune/") and ratio in domain:
-            group = name.split("/", 1)[1]
-            student = compress.apply(task.model, inventory, Policy(bits=int8, prune={group: ratio}), task.example_inputs, calib,
-                                     importance=importance)
-            costs[group] = sign * (ref - evaluate(student, task.eval_loader, task.metric))
+
+    def score(policy: Policy) -> float:
+        student = compress.apply(task.model, inventory, policy, task.example_inputs, calib, importance=importance)
+        return sign * evaluate(student, task.eval_loader, task.metric)
+
+    groups = {n.split("/", 1)[1]: ratio for n, d in space.domains.items() if n.startswith("prune/") and ratio in d}
+    costs = group_costs(Policy(bits=int8), groups, score)
     chosen, spent = {}, 0.0
     for group, cost in sorted(costs.items(), key=lambda kv: kv[1]):
         if spent + max(cost, 0.0) > max_drop:
