@@ -72,7 +72,7 @@ def test_inventory_groups_heads_and_mlp(bert):
 
 def test_the_attention_entry_is_timed_with_the_example_inputs_padding(bert):
     """Softmax over masked key positions runs about twice as long in ONNX Runtime (MiniLM:
-    101 against 48 us per layer), so the attention core's entry carries the example's mask."""
+    100 against 48 us per layer), so the attention core's entry carries the example's mask."""
     from autocompress.latency_lut._table import _micro_elementwise, effective_elementwise
 
     padded = build_inventory(bert, _inputs(1))  # 5 of its 10 tokens are padding
