@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--feature-weight", type=float, default=0.0,
                    help="weight of intermediate-feature matching (the task's feature_layers) added to the output loss")
     s.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate (default: the task's, else 0.01)")
+    s.add_argument("--bn-batches", type=int, default=8, metavar="N",
+                   help="training batches that re-estimate BatchNorm statistics after each fine-tune and before "
+                        "the sensitivity scores (0: off; default 8)")
     _target_and_space_options(s)
     s.add_argument("--no-shared-table", action="store_true", help="do not reuse or update the latency table shared across runs")
     s.add_argument("--allow-other-profile", action="store_true", help="reuse a latency table measured on another target")
@@ -155,7 +158,8 @@ def _space_config(args: argparse.Namespace):
 _RECORDED_OPTIONS = {
     "task": ("task",), "latency_budget": ("latency_budget",), "searcher": ("searcher",), "seed": ("seed",),
     "distill_steps": ("distill", "steps"), "temperature": ("distill", "temperature"), "lr": ("distill", "lr"),
-    "feature_weight": ("distill", "feature_weight"), "threads": ("threads",), "prune_ratios": ("space", "prune_ratios"),
+    "feature_weight": ("distill", "feature_weight"), "bn_batches": ("distill", "bn_batches"), "threads": ("threads",),
+    "prune_ratios": ("space", "prune_ratios"),
     "bits": ("space", "bits"), "rank_ratios": ("space", "rank_ratios"), "importance": ("space", "importance"),
     "decompositions": ("space", "decompositions"),
     "no_shared_table": ("share_table",), "allow_other_profile": ("allow_other_profile",), "backend": ("backend",),
@@ -229,7 +233,7 @@ def _search(args: argparse.Namespace) -> int:
     space = _space_config(args)
     try:
         distill = DistillConfig(steps=args.distill_steps, temperature=args.temperature, lr=args.lr if args.lr is not None else 0.01,
-                                feature_weight=args.feature_weight)
+                                feature_weight=args.feature_weight, bn_batches=args.bn_batches)
     except ValueError as exc:
         raise UserError(f"Invalid option: {exc}") from None
     task_name = args.task if ":" not in args.task else Path(args.task.split(":")[0]).stem

@@ -27,7 +27,7 @@ from autocompress._io import atomic_write_json, read_json
 from autocompress._phases import enter_phase
 from autocompress.budget import parse_budget
 from autocompress.errors import UserError
-from autocompress.evaluators import DistillConfig, ProgressHook, distill, evaluate
+from autocompress.evaluators import DistillConfig, ProgressHook, distill, evaluate, recalibrate_batchnorm
 from autocompress.export import (
     candidate_path, export_engine, export_trial, file_sha256, prune_candidates, read_sidecar, save_candidate, sidecar_path,
     write_sidecar,
@@ -95,6 +95,7 @@ class SearchConfig:
         known = {f.name for f in fields(cls)}
         plain = {k: v for k, v in data.items() if k in known and k not in ("distill", "space", "ray")}
         distill = {k: tuple(v) if isinstance(v, list) else v for k, v in data.get("distill", {}).items()}
+        distill.setdefault("bn_batches", 0)  # runs recorded before BatchNorm re-estimation go on without it
         space = {k: tuple(v) if isinstance(v, list) else v for k, v in data.get("space", {}).items()}
         ray = RayConfig(**data["ray"]) if data.get("ray") else None
         return cls(**plain, distill=DistillConfig(**distill), space=SpaceConfig(**space), ray=ray)
@@ -211,22 +212,28 @@ def seed_policies(space: SearchSpace) -> list[Policy]:
 
 def _sensitivity_seed(
     bench: Workbench, base: Policy, latency_us: Callable[[Policy], float], budget_us: float, run_dir: Path, manifest: dict,
-    console: Console,
+    console: Console, bn_batches: int,
 ) -> Policy | None:
-    """Score each group's pruning on top of ``base`` before fine-tuning, and return ``base``
-    with the cheapest groups pruned until it fits the budget (None when the base fits or no
-    such policy does); what was scored goes into run.json."""
+    """Score each group's pruning on top of ``base`` before fine-tuning (BatchNorm statistics
+    re-estimated on ``bn_batches`` training batches), and return ``base`` with the cheapest
+    groups pruned until it fits the budget (None when the base fits or no such policy does);
+    what was scored goes into run.json."""
     task = bench.task
     sign = 1.0 if task.higher_is_better else -1.0
+
+    def score(policy: Policy) -> float:
+        candidate = bench.candidate(policy)
+        recalibrate_batchnorm(candidate, task.train_loader, bn_batches)
+        return sign * evaluate(candidate, task.eval_loader, task.metric)
+
     t0 = time.perf_counter()
     with console.status("Scoring each coupling group's pruning before fine-tuning ..."):
-        found = sensitivity_seed(bench.space, base, lambda p: sign * evaluate(bench.candidate(p), task.eval_loader, task.metric),
-                                 latency_us, budget_us)
+        found = sensitivity_seed(bench.space, base, score, latency_us, budget_us)
     if not found.costs:
         return None
     seconds = time.perf_counter() - t0
     manifest["sensitivity"] = {
-        "base": base.to_dict(), "level": found.level, "ratios": found.ratios, "costs": found.costs,
+        "base": base.to_dict(), "bn_batches": bn_batches, "level": found.level, "ratios": found.ratios, "costs": found.costs,
         "seed": found.seed.to_dict() if found.seed else None, "seconds": seconds,
     }
     atomic_write_json(run_dir / "run.json", manifest)
@@ -452,7 +459,7 @@ def run_search(
         seeds: list[tuple[Policy, dict]] = [(p, {}) for p in seed_policies(space)]  # the uniform baselines
         if config.sensitivity_seed and seeds:  # proposed right after int8 everywhere, before the uniform pruning
             informed = _sensitivity_seed(bench, seeds[0][0], lambda p: table.predict_us(inventory, p), budget_ms * 1000,
-                                         run_dir, manifest, console)
+                                         run_dir, manifest, console, distill_config.bn_batches)
             if informed is not None and all(informed != p for p, _ in seeds):
                 seeds.insert(1, (informed, {"seed": "sensitivity"}))
         for policy, attrs in seeds:

@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--search-floor", action="store_true",
                         help="tell every search the hypervolume's metric floor (as --max-metric-drop), so samplers "
                              "that read constraints avoid candidates below it (random ignores it)")
+    parser.add_argument("--bn-batches", type=int, default=DistillConfig().bn_batches,
+                        help="batches re-estimating BatchNorm statistics after each fine-tune (0: off)")
     parser.add_argument("--keep-runs", default=None, help="folder for the run directories (default: a temporary one)")
     args = parser.parse_args()
 
@@ -105,7 +107,7 @@ def main() -> None:
             run_dir = root / f"{name}-{seed}"
             config = SearchConfig(
                 task=args.task, latency_budget=args.latency_budget, trials=args.trials, run_dir=str(run_dir), searcher=name,
-                seed=seed, distill=DistillConfig(steps=args.distill_steps), space=SpaceConfig(), repair=not args.no_repair,
+                seed=seed, distill=DistillConfig(steps=args.distill_steps, bn_batches=args.bn_batches), space=SpaceConfig(), repair=not args.no_repair,
                 max_metric_drop=max_drop,
             )
             t0 = time.perf_counter()
@@ -157,7 +159,7 @@ def main() -> None:
     out = Path(__file__).parent / "results" / (args.out or f"searchers-{task.name}.json")
     atomic_write_json(out, {
         "schema": 1, "task": task.name, "latency_budget": args.latency_budget, "trials": args.trials, "seeds": seeds,
-        "distill_steps": args.distill_steps, "repair": not args.no_repair, "metric_floor": args.metric_floor,
+        "distill_steps": args.distill_steps, "bn_batches": args.bn_batches, "repair": not args.no_repair, "metric_floor": args.metric_floor,
         "search_floor_drop": max_drop,
         "floor_fraction": args.floor_fraction, "best_hypervolume": best,
         "hypervolume_latency": "predicted", "baseline": baseline, "table": table, "runs": results,

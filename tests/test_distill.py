@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from autocompress.evaluators import DistillConfig, DivergedError, distill, evaluate, accuracy
+from autocompress.evaluators import DistillConfig, DivergedError, accuracy, distill, evaluate, recalibrate_batchnorm
 
 
 def _data(n: int = 96, classes: int = 4, seed: int = 0):
@@ -151,3 +151,59 @@ def test_progress_hook_sees_the_student_midway_in_eval_mode():
     assert len(losses) == 10 and not student.training
     with pytest.raises(ValueError, match="every"):
         ProgressHook(every=0, callback=look)
+
+
+def _bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.BatchNorm2d(4))
+
+
+def test_batchnorm_statistics_are_re_estimated_from_the_batches_with_the_current_weights():
+    net = _bn_net()
+    x = torch.randn(48, 3, 6, 6, generator=torch.Generator().manual_seed(1)) * 3 + 2
+    loader = DataLoader(TensorDataset(x, torch.zeros(48)), batch_size=16)
+    assert float(net[1].running_mean.abs().max()) == 0.0  # fresh statistics describe nothing yet
+    net[1].momentum = 0.3
+    assert recalibrate_batchnorm(net, loader, batches=3) == 2
+    with torch.no_grad():
+        pre = net[0](x)
+    # the plain average of the three batches' means: the mean over all 48 samples
+    torch.testing.assert_close(net[1].running_mean, pre.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-4)
+    assert net[1].momentum == 0.3 and net[4].momentum == 0.1  # each layer's own momentum is back
+    assert not net.training and not any(m.training for m in net.modules())
+    # in eval mode the first BatchNorm now normalizes what it sees: mean about 0, variance about 1
+    with torch.no_grad():
+        out = net[1](pre)
+    assert float(out.mean(dim=(0, 2, 3)).abs().max()) < 1e-3
+    assert float((out.var(dim=(0, 2, 3)) - 1).abs().max()) < 0.1
+
+
+def test_batchnorm_re_estimation_can_be_turned_off_and_skips_batches_of_one():
+    net = _bn_net()
+    net[1].running_mean.fill_(0.5)
+    before = copy.deepcopy(net.state_dict())
+    loader = DataLoader(TensorDataset(torch.randn(5, 3, 6, 6), torch.zeros(5)), batch_size=1)
+    assert recalibrate_batchnorm(net, loader, batches=0) == 0
+    assert recalibrate_batchnorm(net, loader, batches=4) == 0  # every batch has one sample: nothing to average
+    for name, tensor in net.state_dict().items():
+        torch.testing.assert_close(tensor, before[name])  # the statistics it had are kept
+    assert recalibrate_batchnorm(nn.Linear(3, 2), loader, batches=4) == 0  # no BatchNorm: nothing to do
+
+
+def test_distillation_ends_with_statistics_of_the_final_weights():
+    """After the steps, the running averages trail the last weights; the re-estimate replaces them."""
+    x, y = _data()
+    teacher = nn.Sequential(nn.Linear(16, 4))
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(16, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 4))
+    loader = DataLoader(TensorDataset(x, y), batch_size=32)
+    distill(student, teacher, loader, DistillConfig(steps=5, lr=0.5, bn_batches=3))
+    with torch.no_grad():
+        expected = student[0](x).mean(0)
+    torch.testing.assert_close(student[1].running_mean, expected, rtol=1e-4, atol=1e-4)
+    student_off = copy.deepcopy(student)
+    student_off[1].reset_running_stats()
+    distill(student_off, teacher, loader, DistillConfig(steps=0, bn_batches=0))
+    assert float(student_off[1].running_mean.abs().max()) == 0.0  # off: left as it was
+    with pytest.raises(ValueError, match="bn_batches"):
+        DistillConfig(bn_batches=-1)

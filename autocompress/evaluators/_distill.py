@@ -9,7 +9,7 @@ from torch import nn
 
 from autocompress.task import DISTILL_LOSSES, DISTILL_OPTIMIZERS, as_input_tuple
 
-__all__ = ["DistillConfig", "DivergedError", "ProgressHook", "distill", "output_loss"]
+__all__ = ["DistillConfig", "DivergedError", "ProgressHook", "distill", "output_loss", "recalibrate_batchnorm"]
 
 # oneDNN 3.12 in torch 2.13.0+cpu can crash ("double free or corruption") in the backward
 # of strided 1x1 convs on channels_last tensors (which grayscale images become) for some
@@ -33,7 +33,9 @@ class DistillConfig:
     follow a cosine schedule. With ``feature_weight`` > 0, the outputs of ``feature_layers``
     (module names of the original model) are matched too: mean squared error over the
     teacher's feature variance, through a learned linear map of the channel dimension where
-    pruning left the student narrower.
+    pruning left the student narrower. After the steps, ``bn_batches`` training batches
+    re-estimate every BatchNorm's statistics with the final weights (0: keep the running
+    averages the steps left; see :func:`recalibrate_batchnorm`).
     """
 
     steps: int = 100
@@ -45,8 +47,11 @@ class DistillConfig:
     optimizer: str = "sgd"
     feature_layers: tuple[str, ...] = ()
     feature_weight: float = 0.0
+    bn_batches: int = 8
 
     def __post_init__(self) -> None:
+        if self.bn_batches < 0:
+            raise ValueError(f"`bn_batches` must be >= 0, but got {self.bn_batches!r}.")
         if self.steps < 0:
             raise ValueError(f"`steps` must be >= 0, but got {self.steps!r}.")
         if not self.temperature > 0:
@@ -171,6 +176,7 @@ def distill(
     """
     losses: list[float] = []
     if config.steps == 0:
+        recalibrate_batchnorm(student, loader, config.bn_batches)
         return losses
     teacher.eval()
     student.train()
@@ -187,8 +193,56 @@ def distill(
     finally:
         if taps is not None:
             taps.close()
+    recalibrate_batchnorm(student, loader, config.bn_batches)
     student.eval()
     return losses
+
+
+def recalibrate_batchnorm(model: nn.Module, loader: Iterable, batches: int) -> int:
+    """Re-estimate the running statistics of every BatchNorm of ``model`` from ``batches``
+    batches of ``loader`` (plain averages, no gradients, everything else in eval mode), in
+    place; return how many BatchNorm layers were re-estimated (0 where no batch had two samples
+    or more: the statistics are then left as they were). The model is left in eval mode.
+
+    Pruning or factorizing the layer before a BatchNorm changes what it normalizes, while its
+    running statistics still describe the original model: on the demo ResNet, int8 with
+    every group's lightest pruning scores 10% (chance) before fine-tuning and 85% after its
+    statistics are re-estimated (EagleEye's adaptive BatchNorm). After a short fine-tune
+    the running averages trail the last weights; re-estimating them gave 0.75 points of
+    accuracy on average after 30 distillation steps there."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if batches <= 0 or not norms:
+        return 0
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    seen = 0
+    try:
+        with torch.no_grad():
+            while seen < batches:  # epochs, until enough batches (a loader with none usable: stop after one)
+                before = seen
+                for inputs, _targets in loader:
+                    inputs = as_input_tuple(inputs)
+                    if inputs[0].shape[0] < 2:  # one sample has no batch statistics
+                        continue
+                    model(*inputs)
+                    seen += 1
+                    if seen >= batches:
+                        break
+                if seen == before:
+                    break
+    finally:
+        for m, momentum, state in zip(norms, momenta, saved):
+            m.momentum = momentum
+            if seen == 0:  # nothing to average (batches of one sample): keep the statistics it had
+                for buffer, value in zip((m.running_mean, m.running_var, m.num_batches_tracked), state):
+                    buffer.copy_(value)
+        model.eval()
+    return len(norms) if seen else 0
 
 
 def _steps(student, teacher, config, opt, sched, batches, taps, losses, progress=None) -> None:

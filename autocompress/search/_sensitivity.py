@@ -7,9 +7,9 @@ any fine-tuning: the one-shot sensitivity analysis of NNI's and AIMET's pruners.
 evaluation per group and no fine-tune. Where a space is dominated by a few cheap groups (the
 early attention heads of a pretrained transformer lose a fraction of a point each, its last
 layer several), this lands the first fine-tuned trials near the front that uniform seeds and
-random draws miss. On a CNN whose pruned BatchNorms score at chance before fine-tuning every
-group costs the same and the order carries no information; the seed is then just another
-budget-fitted policy.
+random draws miss. A CNN's pruned BatchNorms score at chance before fine-tuning with the
+original's statistics, so the caller re-estimates them first (``recalibrate_batchnorm``);
+without that, every group costs the same and the order carries no information.
 
 Groups climb their pruning ratios level by level: every group at its first nonzero ratio,
 cheapest first; if all of them together still do not fit, all stay there and the cheapest
