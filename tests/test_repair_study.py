@@ -73,6 +73,7 @@ def test_the_sensitivity_seed_is_proposed_after_int8_and_fits_the_budget(tmp_pat
     int8 = seed_policies(space)[0]
     assert set(sensitivity["costs"]) == {n.split("/", 1)[1] for n in space.domains if n.startswith("prune/")}
     assert sensitivity["base"] == int8.to_dict() and sensitivity["level"] == 0
+    assert sensitivity["bn_batches"] == 8  # each candidate's BatchNorm statistics re-estimated before its score
     trials = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{run_dir / 'study.db'}").get_trials()
     assert trials[0].user_attrs["policy"] == int8.to_dict() and trials[0].user_attrs["status"] == "infeasible"
     seeded = trials[1]  # right after int8 everywhere, before the uniform pruning
