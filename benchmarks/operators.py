@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from autocompress import compress
-from autocompress.evaluators import DistillConfig, distill, evaluate
+from autocompress.evaluators import DistillConfig, distill, evaluate, recalibrate_batchnorm
 from autocompress.export import export_engine
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import OrtCpuBackend, feeds_for, to_onnx_bytes
@@ -62,17 +62,18 @@ def _policies(space, inventory) -> dict[str, Policy]:
 
 
 def _sensitivity_mix(task, inventory, space, int8: dict, calib: list, importance: str, ratio: float,
-                     max_drop: float) -> tuple[Policy | None, dict[str, float]]:
+                     max_drop: float, bn_batches: int) -> tuple[Policy | None, dict[str, float]]:
     """int8 with ``ratio`` of the coupling groups pruned that cost least alone: each group is
     pruned on its own (with int8 everywhere) and scored before any fine-tuning; groups are
     taken cheapest first while their summed loss of metric stays within ``max_drop``. The
     one-shot sensitivity analysis of NNI's and AIMET's pruners, as a per-layer mix the
-    search space contains. Returns it (None when no group fits: a CNN whose pruned
-    BatchNorms score at chance before fine-tuning) and each group's cost."""
+    search space contains. Scores are taken after BatchNorm statistics are re-estimated (as
+    the search does). Returns it (None when no group fits) and each group's cost."""
     sign = 1.0 if task.higher_is_better else -1.0
 
     def score(policy: Policy) -> float:
         student = compress.apply(task.model, inventory, policy, task.example_inputs, calib, importance=importance)
+        recalibrate_batchnorm(student, task.train_loader, bn_batches)
         return sign * evaluate(student, task.eval_loader, task.metric)
 
     groups = {n.split("/", 1)[1]: ratio for n, d in space.domains.items() if n.startswith("prune/") and ratio in d}
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("--mix-ratio", type=float, default=0.25, help="pruning ratio of the sensitivity-guided mix's groups")
     parser.add_argument("--mix-max-drop", type=float, default=0.02,
                         help="summed loss of metric before fine-tuning the sensitivity-guided mix may spend")
+    parser.add_argument("--bn-batches", type=int, default=DistillConfig().bn_batches,
+                        help="batches re-estimating BatchNorm statistics after each fine-tune and before each sensitivity score")
+    parser.add_argument("--out", default=None, help="results file name under benchmarks/results (default operators-<task>.json)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -103,7 +107,7 @@ def main() -> None:
     inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)
     space = build_space(inventory, SpaceConfig(decompositions=("svd", "tucker2")))
     calib = [b[0] if isinstance(b[0], tuple) else (b[0],) for _, b in zip(range(4), task.train_loader)]
-    config = replace(DistillConfig(steps=args.steps), loss=task.distill_loss, optimizer=task.distill_optimizer,
+    config = replace(DistillConfig(steps=args.steps, bn_batches=args.bn_batches), loss=task.distill_loss, optimizer=task.distill_optimizer,
                      lr=task.distill_lr if task.distill_lr is not None else 0.01)
     backend = OrtCpuBackend(threads=1)
     feeds = feeds_for(task.example_inputs)
@@ -113,7 +117,8 @@ def main() -> None:
         engines = [to_onnx_bytes(task.model, task.example_inputs)]
         policies = _policies(space, inventory)
         int8 = policies["int8"].bits
-        mix, costs = _sensitivity_mix(task, inventory, space, int8, calib, args.importance, args.mix_ratio, args.mix_max_drop)
+        mix, costs = _sensitivity_mix(task, inventory, space, int8, calib, args.importance, args.mix_ratio, args.mix_max_drop,
+                                      args.bn_batches)
         if mix is not None:
             policies[f"int8 + prune {args.mix_ratio:.0%} of the cheapest groups"] = mix
         for name, policy in policies.items():
@@ -144,9 +149,9 @@ def main() -> None:
         extras = "".join(f"{r['extra_metrics'].get(n, float('nan')):.4f} | " for n in extra)
         print(f"| {r['candidate']} | {r['runtime_metric']:.4f} | {r['metric_before_finetune']:.4f} | {extras}"
               f"{r['median_ms']:.3f} | {r['speedup']:.2f}x | {'ok' if r['engine_ok'] else '; '.join(r['problems'])} |")
-    out = Path(__file__).parent / "results" / f"operators-{task.name}.json"
+    out = Path(__file__).parent / "results" / (args.out or f"operators-{task.name}.json")
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"task": task.name, "steps": args.steps, "importance": args.importance,
+    out.write_text(json.dumps({"task": task.name, "steps": args.steps, "bn_batches": args.bn_batches, "importance": args.importance,
                                "distill": {"optimizer": config.optimizer, "lr": config.lr, "loss": config.loss}, "baseline_metric": baseline_metric,
                                "baseline_ms": base_us / 1000,
                                "sensitivity": {"ratio": args.mix_ratio, "max_drop": args.mix_max_drop, "cost_before_finetune": costs},
