@@ -115,6 +115,7 @@ def recorded_run(tmp_path) -> Path:
      (["--searcher", "random"], "--searcher 'random' conflicts with the run's recorded 'tpe'"),
      (["--decompositions", "svd,tucker2"], "--decompositions ('svd', 'tucker2') conflicts with the run's recorded ('svd',)"),
      (["--batch-size", "32"], "--batch-size 32 conflicts with the run's recorded 0"),
+     (["--bn-batches", "4"], "--bn-batches 4 conflicts with the run's recorded 8"),
      (["--run-dir", "elsewhere"], "--run-dir 'elsewhere' conflicts with --resume")],
 )
 def test_resume_with_a_conflicting_option_is_refused(recorded_run, capsys, option, recorded):
@@ -130,6 +131,19 @@ def test_resume_reads_the_recorded_config_and_accepts_agreeing_options(recorded_
     assert isinstance(config, SearchConfig)
     assert (config.task, config.latency_budget, config.seed, config.trials) == (PLAIN, "10ms", 3, 6)
     assert config.run_dir == str(recorded_run) and config.space.bits == (32, 8, 4)
+
+
+def test_a_run_recorded_before_batchnorm_re_estimation_resumes_without_it(recorded_run):
+    manifest = json.loads((recorded_run / "run.json").read_text())
+    del manifest["config"]["distill"]["bn_batches"]
+    (recorded_run / "run.json").write_text(json.dumps(manifest))
+    config = cli._resumed_config(cli.build_parser().parse_args(["search", "--resume", str(recorded_run)]))
+    assert config.distill.bn_batches == 0  # its trials were fine-tuned without it; the rest are too
+
+
+def test_negative_bn_batches_is_refused(tmp_path, capsys):
+    line = error_line(capsys, search(tmp_path / "run", PLAIN, "--bn-batches", "-1"))
+    assert "bn_batches" in line and ">= 0" in line
 
 
 def test_unknown_decomposition_is_refused_with_the_valid_ones(tmp_path, capsys):
