@@ -16,6 +16,7 @@ import argparse
 import json
 import random
 import statistics
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
 
     task = load_task(args.task, 0)
-    table = Path(args.table) if args.table else Path(f"/tmp/batchnorm-{task.name}-table.json")
+    table = Path(args.table) if args.table else Path(tempfile.gettempdir()) / f"batchnorm-{task.name}-table.json"
     bench = open_workbench(task, SpaceConfig(), 1, table, shared_table=True)
     space = bench.space
 
