@@ -5,9 +5,11 @@
 For each finished run directory, the calibration points its table kept (the build's
 whole-model measurements, then every candidate the search exported, in order) are replayed:
 each exported candidate is predicted from the points measured before it, as the search
-would have predicted it, and compared with its measured latency. Two local corrections are
-compared on the same points: weighing the points by their entry sums only, and also by the
-share of the sum in integer layers (the table's default). Nothing is measured again; the
+would have predicted it, and compared with its measured latency. Three calibrations are
+compared on the same points: one line with a local correction that weighs the points by
+their entry sums only, or also by the share of the sum in integer layers, and the table's
+default, scales per part (layers per precision, element-wise ops, junctions) with that
+local correction. Nothing is measured again; the
 entries' sums are recomputed from the run's own table with the code of this checkout.
 """
 
@@ -55,16 +57,17 @@ def replay(run_dir: Path) -> dict[str, list[float]]:
             raise SystemExit(f"{run_dir}: calibration point {q['policy']} is no policy of this run or of this code's calibration draws.")
         if first is None and q["policy"] not in build:
             first = i  # the build's calibration models come first; the rest are the search's exported candidates
-        raw, share = table.raw_and_int_share(inventory, policies[q["policy"]])
-        points.append({"raw_us": raw, "int_share": share, "measured_us": q["measured_us"]})
+        raw, share, parts = table.sums(inventory, policies[q["policy"]])
+        points.append({"raw_us": raw, "int_share": share, "parts": parts, "measured_us": q["measured_us"]})
     first = len(points) if first is None else first
-    errors: dict[str, list[float]] = {"sum only": [], "sum and integer share": []}
+    errors: dict[str, list[float]] = {"sum only": [], "sum and integer share": [], "scales per part": []}
     for i in range(first, len(points)):
         before = Calibration(points=[dict(p) for p in points[:i]])
         before.fit()
-        raw, share, measured = points[i]["raw_us"], points[i]["int_share"], points[i]["measured_us"]
+        raw, share, parts, measured = (points[i][k] for k in ("raw_us", "int_share", "parts", "measured_us"))
         errors["sum only"].append(before.apply(raw) / measured - 1)
         errors["sum and integer share"].append(before.apply(raw, share) / measured - 1)
+        errors["scales per part"].append(before.apply(raw, share, parts) / measured - 1)
     return errors
 
 

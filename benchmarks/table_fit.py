@@ -12,9 +12,10 @@ table's error with the machine's drift between the build and the validation (on 
 project's shared machines the same model can time 10-15% apart a minute later). Here every
 candidate is timed twice, interleaved with the original in each pass, and everything is
 judged as speed relative to the original, which the drift does not move. The table's sums
-are computed by the checkout on the import path; a calibration (line and local correction,
+are computed by the checkout on the import path; a calibration (scales per part and local correction,
 as `LatencyTable.calibrate` fits it) is fitted on k candidates of the first pass and
-predicts the others, judged against their second pass, over 20 random splits per k.
+predicts the others, judged against their second pass, over 20 random splits per k; both
+the table's calibration by part and one line through the plain sums are reported.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ import argparse
 import json
 import random
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CALIBRATION_SIZES = (10, 24, 48)
+CALIBRATION_SIZES = (10, 24, 42)  # 42: what `lut build` measures on demo (baseline, most compressed, 40 random)
+CALIBRATION_MODELS = ("one line", "scales per part")  # the table's calibration before and since scales per part
 
 
-def measure(task_spec: str, table_path: Path, samples: int, seed: int) -> dict:
+def measure(task_spec: str, table_path: Path, samples: int, seed: int, precision: str = "mixed") -> dict:
     from rich.progress import Progress
 
     from autocompress.spaces import SpaceConfig
@@ -41,6 +44,9 @@ def measure(task_spec: str, table_path: Path, samples: int, seed: int) -> dict:
     bench = open_workbench(load_task(task_spec, 0), SpaceConfig(), 1, table_path, shared_table=False)
     rng = random.Random(f"table-fit-{seed}")
     policies = [bench.space.sample(rng) for _ in range(samples)]
+    if precision != "mixed":  # every layer in one precision, pruning and ranks as drawn
+        bits = {} if precision == "float" else {name: 8 for name in bench.inventory.layers}
+        policies = [replace(p, bits=bits) for p in policies]
     passes: list[list[float]] = [[], []]
     with Progress(transient=True) as progress:
         bar = progress.add_task("timing candidates (two passes)", total=2 * samples)
@@ -49,11 +55,13 @@ def measure(task_spec: str, table_path: Path, samples: int, seed: int) -> dict:
                 candidate_us, original_us = bench.measure_with_original(policy)
                 timings.append(candidate_us / original_us)
                 progress.advance(bar)
-    return {"task": task_spec, "samples": samples, "seed": seed, "profile": bench.table.profile,
+    return {"task": task_spec, "samples": samples, "seed": seed, "precision": precision, "profile": bench.table.profile,
             "policies": [p.to_dict() for p in policies], "relative": passes}
 
 
-def evaluate(measured: dict, table_path: Path) -> dict:
+def evaluate(measured: dict, table_path: Path, fit_on: dict | None = None) -> dict:
+    """Figures on ``measured``; with ``fit_on``, the calibrations are fitted on its candidates
+    and judged on all of ``measured``."""
     from autocompress.latency_lut import Calibration
     from autocompress.spaces import Policy, SpaceConfig
     from autocompress.study import open_workbench
@@ -61,29 +69,37 @@ def evaluate(measured: dict, table_path: Path) -> dict:
 
     bench = open_workbench(load_task(measured["task"], 0), SpaceConfig(), 1, table_path, shared_table=False)
     bench.table.freeze_reference()
-    sums = [bench.table.raw_and_int_share(bench.inventory, Policy.from_dict(p)) for p in measured["policies"]]
-    raw = np.array([s for s, _ in sums])
-    share = np.array([s for _, s in sums])
-    first, second = (np.array(p) for p in measured["relative"])
-    repeat = np.abs(second / first - 1)
+    sources = [measured, fit_on] if fit_on else [measured]
+    sums = [bench.table.sums(bench.inventory, Policy.from_dict(p)) for m in sources for p in m["policies"]]
+    raw = np.array([s[0] for s in sums])
+    share = np.array([s[1] for s in sums])
+    parts = [s[2] for s in sums]
+    first, second = (np.concatenate([np.array(m["relative"][i]) for m in sources]) for i in (0, 1))
+    n = len(measured["policies"])
+    repeat = np.abs(second[:n] / first[:n] - 1)
     out = {"repeatability": {"median_abs": float(np.median(repeat)), "within_10pct": float(np.mean(repeat <= 0.1)),
                              "within_5pct": float(np.mean(repeat <= 0.05))},
-           "spearman_sum": float(np.corrcoef(np.argsort(np.argsort(raw)), np.argsort(np.argsort(second)))[0, 1]),
+           "spearman_sum": float(np.corrcoef(np.argsort(np.argsort(raw[:n])), np.argsort(np.argsort(second[:n])))[0, 1]),
            "calibrated": {}}
-    rng = np.random.default_rng(0)
-    for k in CALIBRATION_SIZES:
-        medians, within10, within5 = [], [], []
-        for _ in range(20):
-            order = rng.permutation(len(raw))
-            fit, held = order[:k], order[k:]
-            cal = Calibration(points=[{"raw_us": raw[i], "int_share": share[i], "measured_us": first[i]} for i in fit])
-            cal.fit()
-            err = np.abs(np.array([cal.apply(raw[i], share[i]) for i in held]) / second[held] - 1)
-            medians.append(np.median(err))
-            within10.append(np.mean(err <= 0.1))
-            within5.append(np.mean(err <= 0.05))
-        out["calibrated"][str(k)] = {"median_abs": float(np.mean(medians)), "within_10pct": float(np.mean(within10)),
-                                     "within_5pct": float(np.mean(within5))}
+    for model in CALIBRATION_MODELS:
+        rng = np.random.default_rng(0)  # the same splits for every model
+        for k in (k for k in CALIBRATION_SIZES if k < (len(raw) - n if fit_on else n)):
+            medians, within10, within5 = [], [], []
+            for _ in range(20):
+                if fit_on:
+                    fit, held = n + rng.permutation(len(raw) - n)[:k], np.arange(n)
+                else:
+                    order = rng.permutation(n)
+                    fit, held = order[:k], order[k:]
+                cal = Calibration(points=[{"raw_us": raw[i], "int_share": share[i], "parts": parts[i], "measured_us": first[i]} for i in fit])
+                cal.fit()
+                by_parts = model == "scales per part"
+                err = np.abs(np.array([cal.apply(raw[i], share[i], parts[i] if by_parts else None) for i in held]) / second[held] - 1)
+                medians.append(np.median(err))
+                within10.append(np.mean(err <= 0.1))
+                within5.append(np.mean(err <= 0.05))
+            out["calibrated"].setdefault(model, {})[str(k)] = {
+                "median_abs": float(np.mean(medians)), "within_10pct": float(np.mean(within10)), "within_5pct": float(np.mean(within5))}
     return out
 
 
@@ -95,20 +111,25 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="file name under benchmarks/results/ for the measurements and figures")
     parser.add_argument("--measured", default=None, help="evaluate on these saved measurements instead of timing")
+    parser.add_argument("--precision", choices=("mixed", "float", "int8"), default="mixed",
+                        help="draw the candidates' bit widths (mixed), or put every layer in float or int8")
+    parser.add_argument("--fit-on", default=None, help="fit the calibrations on these saved measurements' candidates and judge all of --measured")
     args = parser.parse_args()
     if args.measured:
         measured = json.loads(Path(args.measured).read_text())
     else:
-        measured = measure(args.task, Path(args.table), args.samples, args.seed)
-    figures = evaluate(measured, Path(args.table))
+        measured = measure(args.task, Path(args.table), args.samples, args.seed, args.precision)
+    fit_on = json.loads(Path(args.fit_on).read_text()) if args.fit_on else None
+    figures = evaluate(measured, Path(args.table), fit_on)
     rep = figures["repeatability"]
     print(f"{measured['task']}: {measured['samples']} candidates; the second pass against the first: median "
           f"{rep['median_abs']:.1%}, within ±10% {rep['within_10pct']:.0%}, within ±5% {rep['within_5pct']:.0%}; "
           f"Spearman of the plain sum {figures['spearman_sum']:.3f}")
-    print("| calibration models | median abs error | within ±10% | within ±5% |")
-    print("| ---: | ---: | ---: | ---: |")
-    for k, f in figures["calibrated"].items():
-        print(f"| {k} | {f['median_abs']:.1%} | {f['within_10pct']:.0%} | {f['within_5pct']:.0%} |")
+    print("| calibration | models | median abs error | within ±10% | within ±5% |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for model, by_k in figures["calibrated"].items():
+        for k, f in by_k.items():
+            print(f"| {model} | {k} | {f['median_abs']:.1%} | {f['within_10pct']:.1%} | {f['within_5pct']:.0%} |")
     if args.out and not args.measured:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / args.out).write_text(json.dumps({**measured, "figures": figures}, indent=1))

@@ -310,6 +310,32 @@ def test_calibration_tells_integer_models_from_float_ones_at_the_same_sum():
     assert old.apply(500.0, 1.0) == pytest.approx(old.apply(500.0))  # points without a share: sum only
 
 
+def test_calibration_scales_each_part_and_keeps_the_line_without_parts():
+    """Whole models that pay 1.3x their float layers' entries and 0.8x their int8 layers'
+    ones: one line leaves all-float and all-int8 models on opposite sides; a scale per part
+    predicts both within 2.5%. Points that do not record their parts keep the line."""
+    rng = np.random.default_rng(0)
+    points = []
+    for i in range(24):
+        share = rng.uniform()
+        total = rng.uniform(200.0, 800.0)
+        parts = {"b32": (1 - share) * total, "b8": share * total, "elementwise": 30.0, "junctions": -10.0}
+        measured = 1.3 * parts["b32"] + 0.8 * parts["b8"] + parts["elementwise"] + parts["junctions"] + 15.0
+        points.append({"policy": str(i), "raw_us": sum(parts.values()), "int_share": share, "parts": parts, "measured_us": measured})
+    cal = Calibration(points=points)
+    cal.fit()
+    assert cal.part_scales["b32"] == pytest.approx(1.3, abs=0.05) and cal.part_scales["b8"] == pytest.approx(0.8, abs=0.05)
+    for parts in ({"b32": 500.0, "elementwise": 30.0, "junctions": -10.0}, {"b8": 500.0, "elementwise": 30.0, "junctions": -10.0}):
+        truth = 1.3 * parts.get("b32", 0.0) + 0.8 * parts.get("b8", 0.0) + 20.0 + 15.0
+        raw = sum(parts.values())
+        assert abs(cal.model(raw, parts) / truth - 1) < 0.025  # the prior pulls the scales a little toward the line
+        assert abs(cal.apply(raw, parts.get("b8", 0.0) / raw, parts) / truth - 1) < 0.025
+        assert abs(cal.line(raw) / truth - 1) > 3 * abs(cal.model(raw, parts) / truth - 1)  # one line misses both kinds
+    old = Calibration(points=[{k: v for k, v in p.items() if k != "parts"} for p in points])
+    old.fit()
+    assert old.part_scales == {} and old.model(500.0, {"b8": 500.0}) == old.line(500.0)
+
+
 def test_calibration_degenerate_cases():
     empty = Calibration()
     empty.fit()
@@ -360,6 +386,33 @@ def test_table_calibrate_and_persist(saved_table, tmp_path, backend, resnet_inve
     assert (c2.scale, c2.offset_us, c2.points) == (cal.scale, cal.offset_us, cal.points)
     assert reopened.predict_us(resnet_inventory, space.baseline()) == pytest.approx(3.0 * base_raw + 25.0)
     assert reopened.measured_now == 0
+
+
+def test_table_calibration_scales_parts_and_restores_them(saved_table, tmp_path, backend, resnet_inventory, space):
+    """Whole models that pay their int8 layers' entries 0.7x and the rest as summed: the
+    table's calibration learns it from its points, predicts the all-int8 extreme at less
+    than half the error of one line through them, and a reopened table predicts exactly as the one that fitted it."""
+    path, _entries, _raw = saved_table
+    copy = tmp_path / "cal.json"
+    copy.write_text(path.read_text())
+    table = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
+    table.freeze_reference()
+
+    def truth(p: Policy) -> float:
+        raw, _share, parts = table.sums(resnet_inventory, p)
+        return raw - 0.3 * sum(us for k, us in parts.items() if k in ("b8", "b4")) + 25.0
+
+    cal = table.calibrate(resnet_inventory, space, lambda ps: [truth(p) for p in ps], n_random=16, seed=0, budget_s=0)
+    assert set(cal.part_scales) >= {"b32", "b8"}
+    assert cal.part_scales["b8"] < cal.part_scales["b32"]
+    extreme = space.extreme()
+    raw = table.raw_us(resnet_inventory, extreme)
+    assert abs(table.predict_us(resnet_inventory, extreme) / truth(extreme) - 1) < 0.5 * abs(cal.line(raw) / truth(extreme) - 1)
+    table.save()
+    reopened = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
+    reopened._reference = table._reference
+    assert reopened.calibrations[resnet_inventory.fingerprint].part_scales == pytest.approx(cal.part_scales)
+    assert reopened.predict_us(resnet_inventory, extreme) == pytest.approx(table.predict_us(resnet_inventory, extreme))
 
 
 def test_calibration_adds_models_while_its_budget_allows_and_corrects_drift(saved_table, tmp_path, backend, resnet_inventory, space):

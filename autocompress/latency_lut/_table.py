@@ -365,62 +365,107 @@ def _micro_elementwise(choice: ElementwiseChoiceShape) -> tuple[nn.Module, tuple
 
 @dataclass
 class Calibration:
-    """measured_us ~= scale * sum_of_layer_entries_us + offset_us, fitted on whole models,
-    then corrected locally: the line times the mean measured/line ratio of the points near
-    the query, shrunk toward 1 by a prior worth ``LOCAL_PRIOR`` points. Near means a similar
-    sum (Gaussian weights of width ``LOCAL_WIDTH`` of the sum) and, where the points record
-    it, a similar share of the sum in integer layers (width ``LOCAL_INT_WIDTH``): on demo,
-    all-int8 candidates measured up to 9% below the line that mixed models set. A search's measured candidates gather where it
-    searches, so its predictions there learn the bias the global line leaves."""
+    """measured_us ~= scale * sum_of_layer_entries_us + offset_us, fitted on whole models;
+    then, where the points record the sum by part (layers per precision, element-wise ops,
+    junction savings), one scale per part, shrunk toward the common scale; then corrected
+    locally: the model times the mean measured/model ratio of the points near the query,
+    shrunk toward 1 by a prior worth ``LOCAL_PRIOR`` points (``LOCAL_PRIOR_BY_PARTS``
+    where the scales per part already model the precisions: what is left near a query is
+    mostly noise). Near means a similar sum
+    (Gaussian weights of width ``LOCAL_WIDTH`` of the sum) and, where the points record
+    it, a similar share of the sum in integer layers (width ``LOCAL_INT_WIDTH``). A
+    search's measured candidates gather where it searches, so its predictions there learn
+    the bias the fit leaves.
+
+    Scales per part: an isolated layer's graph runs float and int8 kernels at different
+    distances from what they cost inside a whole model, so one line leaves all-int8 and
+    all-float candidates on opposite sides (on demo, 30 float-only and 30 int8-only random
+    candidates fitted by one line: 7.7% median error; by part: 1.6%). ``PART_PRIOR`` is
+    the ridge strength, in points: how many whole models' worth of evidence a part's
+    scale needs to move away from the common one."""
 
     LOCAL_WIDTH = 0.1
     LOCAL_INT_WIDTH = 0.1
     LOCAL_PRIOR = 0.5
+    LOCAL_PRIOR_BY_PARTS = 2.0
+    PART_PRIOR = 0.1
 
     scale: float = 1.0
     offset_us: float = 0.0
-    points: list[dict] = field(default_factory=list)  # {"policy": digest, "raw_us": ..., "measured_us": ...}
+    points: list[dict] = field(default_factory=list)  # {"policy": digest, "raw_us", "int_share", "parts", "measured_us"}
+    part_scales: dict[str, float] = field(default_factory=dict)  # empty: the line alone
+    parts_offset_us: float = 0.0
 
     def line(self, raw_us: float) -> float:
         return self.scale * raw_us + self.offset_us
 
-    def apply(self, raw_us: float, int_share: float | None = None) -> float:
+    def model(self, raw_us: float, parts: Mapping[str, float] | None = None) -> float:
+        """The fit before the local correction: by part where fitted and given, else the line."""
+        if not self.part_scales or parts is None:
+            return self.line(raw_us)
+        return sum(self.part_scales.get(k, self.scale) * v for k, v in parts.items()) + self.parts_offset_us
+
+    def apply(self, raw_us: float, int_share: float | None = None, parts: Mapping[str, float] | None = None) -> float:
         """The calibrated latency of a model whose entries sum to ``raw_us``, of which
-        ``int_share`` is in integer layers (``None``: weigh the points by their sums only)."""
-        line = self.line(raw_us)
+        ``int_share`` is in integer layers (``None``: weigh the points by their sums only),
+        split by part as ``parts`` (``None``: the line)."""
+        base = self.model(raw_us, parts)
         if not self.points or raw_us <= 0:
-            return line
-        raw, share, ratio = self._ratios()
+            return base
+        raw, share, ratio = self._ratios(by_parts=parts is not None)
         distance = ((raw - raw_us) / (self.LOCAL_WIDTH * raw_us)) ** 2
         if int_share is not None:
             distance = distance + np.where(np.isnan(share), 0.0, ((share - int_share) / self.LOCAL_INT_WIDTH) ** 2)
         weight = np.exp(-distance)
-        return line * float((np.sum(weight * ratio) + self.LOCAL_PRIOR) / (np.sum(weight) + self.LOCAL_PRIOR))
+        prior = self.LOCAL_PRIOR_BY_PARTS if self.part_scales and parts is not None else self.LOCAL_PRIOR
+        return base * float((np.sum(weight * ratio) + prior) / (np.sum(weight) + prior))
 
-    def _ratios(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The points' sums, integer shares (NaN where not recorded) and measured/line ratios,
+    def _ratios(self, by_parts: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The points' sums, integer shares (NaN where not recorded) and measured/model ratios,
         computed once per set of points and fit (predictions ask thousands of times a search)."""
-        key = (id(self.points), len(self.points), self.scale, self.offset_us)  # points are only ever appended
-        if getattr(self, "_cached", (None,))[0] != key:
+        key = (id(self.points), len(self.points), self.scale, self.offset_us, self.parts_offset_us, by_parts)
+        cached = getattr(self, "_cached", {})
+        if key not in cached:
             raw = np.array([p["raw_us"] for p in self.points])
             share = np.array([p.get("int_share", np.nan) for p in self.points], dtype=float)
-            ratio = np.array([p["measured_us"] for p in self.points]) / np.maximum(self.line(raw), 1e-9)
-            self._cached = (key, raw, share, ratio)
-        return self._cached[1], self._cached[2], self._cached[3]
+            model = np.array([self.model(p["raw_us"], p.get("parts") if by_parts else None) for p in self.points])
+            ratio = np.array([p["measured_us"] for p in self.points]) / np.maximum(model, 1e-9)
+            self._cached = cached = {key: (raw, share, ratio)}
+        return cached[key]
 
     def fit(self) -> None:
+        self.part_scales, self.parts_offset_us = {}, 0.0
         if not self.points:
             return
         raw = np.array([p["raw_us"] for p in self.points])
         meas = np.array([p["measured_us"] for p in self.points])
         ratio = float(np.median(meas / raw))
+        self.scale, self.offset_us = ratio, 0.0
         if len(self.points) >= 3 and np.ptp(raw) > 0:
             scale, offset = np.polyfit(raw, meas, 1)
             # A slope far from the plain ratio means the points are noise, not a trend.
             if 0.5 * ratio <= scale <= 2.0 * ratio:
                 self.scale, self.offset_us = float(scale), float(offset)
-                return
-        self.scale, self.offset_us = ratio, 0.0
+                self._fit_parts(meas)
+
+    def _fit_parts(self, meas: np.ndarray) -> None:
+        """Ridge regression of the measurements on the parts, centred on the line."""
+        if not all(p.get("parts") for p in self.points):
+            return
+        names = sorted({k for p in self.points for k in p["parts"]})
+        # Dimensionless sums and measurements (about 1), so the prior's strength does not
+        # depend on the model's speed or on the units of the measurements.
+        n_raw = float(np.median([p["raw_us"] for p in self.points]))
+        n_meas = float(np.median(meas))
+        x = np.array([[p["parts"].get(k, 0.0) for k in names] for p in self.points]) / n_raw
+        a = np.c_[x, np.ones(len(x))]
+        prior = np.r_[np.full(len(names), self.scale * n_raw / n_meas), self.offset_us / n_meas]
+        ridge = self.PART_PRIOR * np.eye(len(prior))
+        ridge[-1, -1] = 0.0  # the offset is not shrunk: the line fixes it only jointly with the scale
+        coef = prior + np.linalg.solve(a.T @ a + ridge, a.T @ (meas / n_meas - a @ prior))
+        if np.all(coef[:-1] > 0):  # a negative scale is a fit to noise
+            self.part_scales = {k: float(c * n_meas / n_raw) for k, c in zip(names, coef[:-1])}
+            self.parts_offset_us = float(coef[-1] * n_meas)
 
 
 class LatencyTable:
@@ -489,7 +534,10 @@ class LatencyTable:
         if take_calibrations:
             for fp, c in (data.get("calibrations") or {}).items():
                 if c.get("raw_version", 1) == RAW_VERSION:  # older points summed differently: calibrate again
-                    self.calibrations[fp] = Calibration(c["scale"], c["offset_us"], list(c.get("points", [])))
+                    calibration = Calibration(c["scale"], c["offset_us"], list(c.get("points", [])))
+                    if calibration.points and all("parts" in p for p in calibration.points):
+                        calibration.fit()  # the scales per part follow from the points
+                    self.calibrations[fp] = calibration
 
     def to_dict(self, with_calibrations: bool = True) -> dict:
         return {
@@ -654,8 +702,8 @@ class LatencyTable:
         calibration.fit()
 
     def _point(self, inventory: LayerInventory, policy: Policy, measured_us: float) -> dict:
-        raw, share = self.raw_and_int_share(inventory, policy)
-        return {"policy": policy.digest, "raw_us": raw, "int_share": share, "measured_us": float(measured_us)}
+        raw, share, parts = self.sums(inventory, policy)
+        return {"policy": policy.digest, "raw_us": raw, "int_share": share, "parts": parts, "measured_us": float(measured_us)}
 
     def raw_us(self, inventory: LayerInventory, policy: Policy) -> float:
         """Plain sum of the layers' table entries (measuring what is missing), at the
@@ -664,12 +712,24 @@ class LatencyTable:
 
     def raw_and_int_share(self, inventory: LayerInventory, policy: Policy) -> tuple[float, float]:
         """The sum, and the share of it in layers that run integer kernels (8 bits or fewer)."""
+        return self.sums(inventory, policy)[:2]
+
+    def sums(self, inventory: LayerInventory, policy: Policy) -> tuple[float, float, dict[str, float]]:
+        """The sum, the share of it in layers that run integer kernels (8 bits or fewer), and
+        the sum by part: layers per precision ("b32", "b8", ...), "elementwise" ops, and
+        "junctions" (the conversions saved, negative)."""
         self.reference_us()
         layers, elementwise, junctions = self.choices(inventory, policy)
-        per_layer = [self.entry_us(c) for c in layers]
-        raw = sum(per_layer) + sum(self.entry_us(c) for c in elementwise) - junction_saving_us(junctions, self.entry_us)
-        integer = sum(us for c, us in zip(layers, per_layer) if c.bits <= 8)
-        return raw, (integer / raw if raw > 0 else 0.0)
+        parts: dict[str, float] = {}
+        for c in layers:
+            parts[f"b{c.bits}"] = parts.get(f"b{c.bits}", 0.0) + self.entry_us(c)
+        if elementwise:
+            parts["elementwise"] = sum(self.entry_us(c) for c in elementwise)
+        if junctions:
+            parts["junctions"] = -junction_saving_us(junctions, self.entry_us)
+        raw = sum(parts.values())
+        integer = sum(us for k, us in parts.items() if k.startswith("b") and int(k[1:]) <= 8)
+        return raw, (integer / raw if raw > 0 else 0.0), parts
 
     def choices(
         self, inventory: LayerInventory, policy: Policy
@@ -697,12 +757,12 @@ class LatencyTable:
 
     def predict_us(self, inventory: LayerInventory, policy: Policy, local: bool = True) -> float:
         """Calibrated whole-model latency of the candidate ``policy`` describes, in microseconds
-        (``local=False``: the fitted line alone, without the local correction)."""
-        raw, share = self.raw_and_int_share(inventory, policy)
+        (``local=False``: the fit alone, without the local correction)."""
+        raw, share, parts = self.sums(inventory, policy)
         calibration = self.calibrations.get(inventory.fingerprint)
         if calibration is None:
             return raw
-        return calibration.apply(raw, share) if local else calibration.line(raw)
+        return calibration.apply(raw, share, parts) if local else calibration.model(raw, parts)
 
     def fastest(self, inventory: LayerInventory, space: SearchSpace, passes: int = 2) -> tuple[Policy, float]:
         """The fastest policy the space offers by the table, and its predicted latency (us);
