@@ -378,7 +378,7 @@ def _lut(args: argparse.Namespace) -> int:
         table.save()
         console.print(
             f"{path}: {n} entries measured now ({len(table.entries)} in all) in {time.perf_counter() - t0:.1f} s; "
-            f"calibration {cal.scale:.3f} x sum + {cal.offset_us:.0f} us on {len(cal.points)} whole models"
+            f"calibration {cal.describe()}"
         )
         return 0
     from autocompress.latency_lut import validate
@@ -417,6 +417,8 @@ def _lut(args: argparse.Namespace) -> int:
 def _lut_show(path: Path, console) -> int:
     import json
 
+    from autocompress.latency_lut import Calibration
+
     if not path.is_file():
         raise UserError(f"No latency table at {str(path)!r}; build one with `autocompress lut build --task T`.")
     try:
@@ -429,7 +431,8 @@ def _lut_show(path: Path, console) -> int:
         console.print(f"  {k}: {v}")
     console.print(f"{len(entries)} entries; calibrations for {len(data.get('calibrations') or {})} model(s)")
     for fp, c in (data.get("calibrations") or {}).items():
-        console.print(f"  model {fp}: {c['scale']:.3f} x sum + {c['offset_us']:.0f} us on {len(c.get('points', []))} whole models")
+        cal = Calibration(c["scale"], c["offset_us"], list(c.get("points", [])), dict(c.get("part_scales") or {}), c.get("parts_offset_us", 0.0))
+        console.print(f"  model {fp}: {cal.describe()}")
     # Non-monotone latency: more output channels measured faster than fewer, all else equal.
     families: dict[str, list[tuple[int, float]]] = {}
     for key, e in entries.items():

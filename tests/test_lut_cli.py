@@ -47,6 +47,9 @@ def test_lut_build_show_validate(tmp_path):
     shown = cli("lut", "show", "--table", str(table), tmp=tmp_path)
     assert shown.returncode == 0
     assert f"{len(data['entries'])} entries" in shown.stdout and "non-monotone" in shown.stdout
+    (cal,) = data["calibrations"].values()
+    assert all("parts" in p for p in cal["points"]) and "part_scales" in cal
+    assert f"on {len(cal['points'])} whole models" in shown.stdout  # the calibration, as `lut build` printed it
 
     validated = cli("lut", "validate", "--task", MLP, "--table", str(table), "--samples", "4", "--json", "--repeat", tmp=tmp_path)
     assert validated.returncode == 0, validated.stderr[-2000:]

@@ -399,6 +399,14 @@ class Calibration:
     def line(self, raw_us: float) -> float:
         return self.scale * raw_us + self.offset_us
 
+    def describe(self) -> str:
+        """The fit in one line, as `lut build` and `lut show` print it."""
+        text = f"{self.scale:.3f} x sum {self.offset_us:+.0f} us on {len(self.points)} whole models"
+        if self.part_scales:
+            scales = ", ".join(f"{k} {v:.3f}" for k, v in sorted(self.part_scales.items()))
+            text += f"; by part: {scales} x their sums {self.parts_offset_us:+.0f} us"
+        return text
+
     def model(self, raw_us: float, parts: Mapping[str, float] | None = None) -> float:
         """The fit before the local correction: by part where fitted and given, else the line."""
         if not self.part_scales or parts is None:
@@ -546,7 +554,8 @@ class LatencyTable:
             "profile_id": self.profile_id,
             "entries": self.entries,
             "calibrations": {
-                fp: {"scale": c.scale, "offset_us": c.offset_us, "points": c.points, "raw_version": RAW_VERSION}
+                fp: {"scale": c.scale, "offset_us": c.offset_us, "part_scales": c.part_scales, "parts_offset_us": c.parts_offset_us,
+                     "points": c.points, "raw_version": RAW_VERSION}
                 for fp, c in self.calibrations.items()
             } if with_calibrations else {},
         }
