@@ -454,7 +454,7 @@ class Calibration:
             # A slope far from the plain ratio means the points are noise, not a trend.
             if 0.5 * ratio <= scale <= 2.0 * ratio:
                 self.scale, self.offset_us = float(scale), float(offset)
-                self._fit_parts(meas)
+            self._fit_parts(meas)  # parts can explain what one line cannot: its own check is on the scales
 
     def _fit_parts(self, meas: np.ndarray) -> None:
         """Ridge regression of the measurements on the parts, centred on the line."""
