@@ -8,7 +8,7 @@ import torch
 
 from autocompress import compress
 from autocompress.export import INTEGER_OPS, export_engine, optimized_op_counts
-from autocompress.latency_lut import OrtCpuBackend
+from autocompress.latency_lut import Measurable, OrtCpuBackend
 from autocompress.spaces import Policy, SpaceConfig, build_space
 from conftest import RESNET_MIXED_PRUNE_AND_RANK, RESNET_LAYERS
 
@@ -121,7 +121,9 @@ def test_int8_mlp_runs_integer_kernels(tmp_path, backend):
     inv = build_inventory(model, x)
     cand = compress.apply(model, inv, Policy(bits={"0": 8, "2": 8}), x, [x])
     engine = export_engine(cand, x, tmp_path / "mlp.onnx", backend)
-    assert engine.int8_layers == 2
+    assert engine.int8_layers == 2 and engine.original_latency_us is None  # timed alone
+    beside = export_engine(cand, x, tmp_path / "mlp-beside.onnx", backend, original=Measurable.from_module(model, x, dynamic_batch=True))
+    assert beside.original_latency_us > 0 and beside.latency_us > 0  # timed round by round with the original
     assert engine.relative_error < 0.1
     assert engine.ok, engine.problems
     assert sum(engine.integer_nodes.values()) >= 2

@@ -54,6 +54,22 @@ def test_search_writes_front_engines_and_report(tmp_path, digits_task):
     assert "<svg" in html and "http://" not in html.replace("http://www.w3.org/2000/svg", "")
     completed = [t for t in _trials(run_dir) if t.user_attrs.get("status") == "completed"]
     assert len(completed) == 3
+    # Every engine was timed beside the original, so the table's error is also given apart from drift.
+    assert all(t.user_attrs["engine"]["original_latency_us"] > 0 for t in completed)
+    steady = pareto["fidelity"]["at_calibration_speed"]
+    assert steady["candidates"] == pareto["fidelity"]["candidates"] == 3 and 0.0 <= steady["within_10pct"] <= 1.0
+    assert "At the machine speed of the table" in html
+
+
+def test_an_engine_latency_is_brought_to_the_speed_of_the_run_start():
+    """The original ran 0.40 ms at the start and 0.36 ms beside the engine: the machine got 10%
+    faster, so the engine's 0.18 ms is 0.20 ms at the start's speed; an engine timed alone
+    (an older run's record) is taken as timed."""
+    from autocompress.study import latency_at_start_us
+
+    assert latency_at_start_us({"latency_us": 180.0, "original_latency_us": 360.0}, 400.0) == pytest.approx(200.0)
+    assert latency_at_start_us({"latency_us": 180.0}, 400.0) == 180.0
+    assert latency_at_start_us({"latency_us": 180.0, "original_latency_us": None}, 400.0) == 180.0
 
 
 def test_infeasible_proposals_are_never_fine_tuned(tmp_path, digits_task):

@@ -51,6 +51,7 @@ class Engine:
     latency_us: float = 0.0
     latency_p10_us: float = 0.0
     latency_p90_us: float = 0.0
+    original_latency_us: float | None = None  # the original model, timed in the same rounds (when given)
     runtime_metric: float | None = None
     runtime_extra_metrics: dict = field(default_factory=dict)
     ok: bool = True
@@ -114,11 +115,14 @@ def export_engine(
     metric: Callable[[torch.Tensor, torch.Tensor], float] | None = None,
     eval_loader: Iterable | None = None,
     extra_metrics: Mapping[str, Callable[[torch.Tensor, torch.Tensor], float]] | None = None,
+    original: Measurable | None = None,
 ) -> Engine:
     """Export ``model`` to ONNX at ``path`` (dynamic batch), then verify and time it.
 
     With ``eval_loader``, ``metric`` and each of ``extra_metrics`` are computed from the
-    engine's own outputs in ONNX Runtime."""
+    engine's own outputs in ONNX Runtime. With ``original``, the engine is timed round by
+    round with the original model, whose latency in those rounds is kept beside its own:
+    their ratio does not move with the machine's speed."""
     model = model.eval()
     data = to_onnx_bytes(model, example_inputs, dynamic_batch=True)
     atomic_write_bytes(path, data)
@@ -152,7 +156,13 @@ def export_engine(
         if int8_layers and sum(counts.values()) < int8_layers:
             problems.append(f"only {sum(counts.values())} of {int8_layers} int8 layers run as integer kernels")
 
-    timing = backend.measure(Measurable(tuple(example_inputs), module=model, onnx=data, dynamic_batch=True))
+    engine_item = Measurable(tuple(example_inputs), module=model, onnx=data, dynamic_batch=True)
+    original_us = None
+    if original is not None:
+        original_timing, timing = backend.measure_many([original, engine_item], rounds=5)
+        original_us = original_timing.median_us
+    else:
+        timing = backend.measure(engine_item)
     runtime_metric, runtime_extra = None, {}
     if metric is not None and eval_loader is not None:
         outs, targets = [], []
@@ -177,6 +187,7 @@ def export_engine(
         latency_us=timing.median_us,
         latency_p10_us=timing.p10_us,
         latency_p90_us=timing.p90_us,
+        original_latency_us=original_us,
         runtime_metric=runtime_metric,
         runtime_extra_metrics=runtime_extra,
         ok=not problems,

@@ -612,9 +612,11 @@ class LatencyTable:
             self._reference = (now, float(np.median([v for _, v in self._reference_history])))
         return self._reference[1]
 
-    def freeze_reference(self) -> float:
-        """Time the reference once and use that value until the next explicit refresh."""
-        us = self.reference_us(refresh=True)
+    def freeze_reference(self, retime: bool = True) -> float:
+        """Use one machine speed until the next explicit refresh: the reference timed now, or
+        (``retime=False``) the speed the last predictions used, so that a calibration just
+        fitted keeps predicting in the units its points were measured in."""
+        us = self.reference_us(refresh=retime)
         self._reference = (float("inf"), us)
         return us
 

@@ -131,6 +131,11 @@ def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], 
         f"{fid['median_abs_error']:.1%}; {fid['within_10pct']:.0%} are within ±10% and {fid['within_5pct']:.0%} within ±5%."
         if fid else "No exported candidate to compare with."
     )
+    if fid.get("at_calibration_speed"):
+        steady = fid["at_calibration_speed"]
+        fidelity_text += (f" At the machine speed of the table's calibration (each engine's timing scaled by the original "
+                          f"timed beside it): median |error| {steady['median_abs_error']:.1%}, {steady['within_10pct']:.0%} "
+                          f"within ±10%.")
     extra = "".join(f", {html.escape(str(k))} {v:.4f}" for k, v in (base.get("extra_metrics") or {}).items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

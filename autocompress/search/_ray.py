@@ -295,7 +295,7 @@ class _TrialBook:
     def __init__(
         self, searcher: Searcher, predict_ms: Callable[[Policy], float], budget_ms: float, run_dir: Path, target: int,
         sweep: RaySweep, max_proposals: int, max_failures_before_success: int, seen: dict[str, dict],
-        on_completed: Callable[[int, float, dict], None], on_measured: Callable[[Policy, float], None],
+        on_completed: Callable[[int, float, dict], None], on_measured: Callable[[Policy, dict], None],
         repair: Callable[[Policy], Any] | None = None, shortfall: Callable[[float], float | None] = lambda metric: None,
     ) -> None:
         self.searcher, self.predict_ms, self.budget_ms = searcher, predict_ms, budget_ms
@@ -379,7 +379,7 @@ class _TrialBook:
             self.searcher.tell(trial_id, Outcome("completed", attrs["metric"], latency_ms, predicted_ms - self.budget_ms,
                                                  size_bytes=attrs.get("size_bytes"), metric_shortfall=self.shortfall(attrs["metric"])))
             self.seen[policy.digest] = attrs
-            self.on_measured(policy, attrs["engine"]["latency_us"])
+            self.on_measured(policy, attrs["engine"])
             self.sweep.completed += 1
             self.on_completed(trial_id, predicted_ms, attrs)
             return
@@ -440,7 +440,7 @@ def run_ray_trials(
     max_failures_before_success: int,
     seen: dict[str, dict],
     on_completed: Callable[[int, float, dict], None],
-    on_measured: Callable[[Policy, float], None],
+    on_measured: Callable[[Policy, dict], None],
     higher_is_better: bool,
     callbacks: Sequence[Any] = (),
     repair: Callable[[Policy], Any] | None = None,
@@ -451,7 +451,7 @@ def run_ray_trials(
 
     ``predict_ms`` rejects over-budget proposals before they are launched; ``seen`` maps
     policy digests to completed trials' attributes (repeats are not fine-tuned again);
-    ``on_completed(trial_id, predicted_ms, attrs)`` and ``on_measured(policy, latency_us)``
+    ``on_completed(trial_id, predicted_ms, attrs)`` and ``on_measured(policy, engine)``
     are called on the driver after each completed trial is recorded. ``callbacks`` are extra
     Ray Tune callbacks. ``repair(policy)`` turns an over-budget proposal into one the table
     predicts within budget (or None), launched as its own trial linked to the proposal.
