@@ -432,7 +432,7 @@ def run_search(
     cal = table.calibrations[inventory.fingerprint]
     console.print(
         f"Latency table: {len(table.entries)} entries ({table.measured_now} measured now, {time.perf_counter() - t0:.1f} s); "
-        f"calibration {cal.scale:.3f} x sum + {cal.offset_us:.0f} us on {len(cal.points)} whole models"
+        f"calibration {cal.describe()}"
     )
     if budget_ms < fastest_ms:
         raise UserError(
