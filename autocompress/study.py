@@ -34,6 +34,7 @@ from autocompress.export import (
 )
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend
+from autocompress.latency_lut import fidelity as table_fidelity  # `fidelity` names the run's figures below
 from autocompress.report import pareto_front, write_report
 from autocompress.search import (
     BudgetRepair, Outcome, WeightL1Importance, make_searcher, parse_objectives, sensitivity_seed, validate_searcher_name,
@@ -737,22 +738,17 @@ def finalize_run(
     # A failed engine stays visible (marked) where no verified candidate beats it.
     front_ids |= {id(t) for t in pareto_front(within, metric_of, latency_of, higher) if not t["verified"]}
     front = sorted((t for t in within if id(t) in front_ids), key=latency_of)
-    errors = [t["predicted_ms"] / t["measured_ms"] - 1 for t in done if t.get("measured_ms")]
-    fidelity = {}
-    if errors:
-        import numpy as np
+    def figures(trials: list[dict], measured_ms: Callable[[dict], float]) -> dict:
+        report = table_fidelity([t["predicted_ms"] for t in trials], [measured_ms(t) for t in trials])
+        return {"candidates": len(trials), "median_abs_error": report.median_abs_error,
+                "within_10pct": report.within_10pct, "within_5pct": report.within_5pct}
 
-        def figures(errors: list[float]) -> dict:
-            abs_err = np.abs(errors)
-            return {"candidates": len(errors), "median_abs_error": float(np.median(abs_err)),
-                    "within_10pct": float(np.mean(abs_err <= 0.10)), "within_5pct": float(np.mean(abs_err <= 0.05))}
-
-        fidelity = figures(errors)
-        base_us = manifest["baseline"]["latency_ms"] * 1000
-        timed_beside = [t for t in done if (t.get("engine") or {}).get("original_latency_us")]
-        if timed_beside:  # the table's own error, apart from the machine's drift since the calibration
-            fidelity["at_calibration_speed"] = figures(
-                [t["predicted_ms"] / (latency_at_start_us(t["engine"], base_us) / 1000) - 1 for t in timed_beside])
+    measured = [t for t in done if t.get("measured_ms")]
+    fidelity = figures(measured, lambda t: t["measured_ms"]) if measured else {}
+    base_us = manifest["baseline"]["latency_ms"] * 1000
+    timed_beside = [t for t in measured if (t.get("engine") or {}).get("original_latency_us")]
+    if timed_beside:  # the table's own error, apart from the machine's drift since the calibration
+        fidelity["at_calibration_speed"] = figures(timed_beside, lambda t: latency_at_start_us(t["engine"], base_us) / 1000)
     members = []
     for t in front:
         engine_path = _engine_file(run_dir, t)

@@ -432,14 +432,13 @@ class Calibration:
         """The points' sums, integer shares (NaN where not recorded) and measured/model ratios,
         computed once per set of points and fit (predictions ask thousands of times a search)."""
         key = (id(self.points), len(self.points), self.scale, self.offset_us, self.parts_offset_us, by_parts)
-        cached = getattr(self, "_cached", {})
-        if key not in cached:
+        if getattr(self, "_cached", (None,))[0] != key:  # points are only ever appended
             raw = np.array([p["raw_us"] for p in self.points])
             share = np.array([p.get("int_share", np.nan) for p in self.points], dtype=float)
             model = np.array([self.model(p["raw_us"], p.get("parts") if by_parts else None) for p in self.points])
             ratio = np.array([p["measured_us"] for p in self.points]) / np.maximum(model, 1e-9)
-            self._cached = cached = {key: (raw, share, ratio)}
-        return cached[key]
+            self._cached = (key, raw, share, ratio)
+        return self._cached[1], self._cached[2], self._cached[3]
 
     def fit(self) -> None:
         self.part_scales, self.parts_offset_us = {}, 0.0
@@ -732,14 +731,16 @@ class LatencyTable:
         self.reference_us()
         layers, elementwise, junctions = self.choices(inventory, policy)
         parts: dict[str, float] = {}
+        integer = 0.0
         for c in layers:
-            parts[f"b{c.bits}"] = parts.get(f"b{c.bits}", 0.0) + self.entry_us(c)
+            us = self.entry_us(c)
+            parts[f"b{c.bits}"] = parts.get(f"b{c.bits}", 0.0) + us
+            integer += us if c.bits <= 8 else 0.0
         if elementwise:
             parts["elementwise"] = sum(self.entry_us(c) for c in elementwise)
         if junctions:
             parts["junctions"] = -junction_saving_us(junctions, self.entry_us)
         raw = sum(parts.values())
-        integer = sum(us for k, us in parts.items() if k.startswith("b") and int(k[1:]) <= 8)
         return raw, (integer / raw if raw > 0 else 0.0), parts
 
     def choices(
