@@ -9,7 +9,7 @@ import torch
 
 from autocompress.errors import UserError
 from autocompress.inventory import build_inventory
-from autocompress.latency_lut._table import junction_saving_us
+from autocompress.latency_lut._table import junction_costs_us, junction_saving_us
 from autocompress.latency_lut import (
     Calibration,
     LatencyTable,
@@ -131,10 +131,11 @@ def policy(space) -> Policy:
 
 @pytest.fixture(scope="module")
 def saved_table(tmp_path_factory, backend, resnet_inventory, policy):
-    """A table measured for ``policy`` and saved; returns (path, entries, raw_us)."""
+    """A table measured for ``policy`` and saved; returns (path, entries, raw_us, the
+    frozen reference's us the sum is at)."""
     path = tmp_path_factory.mktemp("lut") / "table.json"
     table = LatencyTable.open(path, backend, channel_multiple=MULTIPLE)
-    table.freeze_reference()  # one machine speed for the whole test
+    ref = table.freeze_reference()  # one machine speed for the whole test
     assert table.entries == {} and table.measured_now == 0
     seen: list[str] = []
     table.on_measure = seen.append
@@ -149,7 +150,12 @@ def saved_table(tmp_path_factory, backend, resnet_inventory, policy):
     assert table.measured_now == n_entries
     assert not path.exists()  # nothing is written until save()
     table.save()
-    return path, dict(table.entries), raw
+    return path, dict(table.entries), raw, ref
+
+
+def _at(entry: dict, ref_us: float) -> float:
+    """An entry's latency at the machine speed where the reference takes ``ref_us``."""
+    return entry["median_us"] * ref_us / entry["ref_us"]
 
 
 def _choices(inventory, policy):
@@ -157,7 +163,7 @@ def _choices(inventory, policy):
 
 
 def test_table_entries_measured_and_structured(saved_table, resnet_inventory, policy):
-    _path, entries, raw = saved_table
+    _path, entries, raw, ref = saved_table
     keys = {c.key for c in effective_layers(resnet_inventory, policy, MULTIPLE)}
     keys |= {c.key for c in _choices(resnet_inventory, policy)[1]}
     junctions = _choices(resnet_inventory, policy)[2]
@@ -168,13 +174,14 @@ def test_table_entries_measured_and_structured(saved_table, resnet_inventory, po
         assert set(e) == {"median_us", "p10_us", "p90_us", "runs", "ref_us"}
         assert e["p10_us"] <= e["median_us"] <= e["p90_us"] and e["runs"] >= 1 and e["ref_us"] > 0
         assert key in junction_keys or e["runs"] >= 5
-    saving = junction_saving_us(junctions, lambda j: entries[j.key]["median_us"])
-    assert 0 <= saving <= sum(entries[j.key]["median_us"] for sides, _, _ in junctions for j in sides) + 1e-9
-    assert raw == pytest.approx(sum(entries[k]["median_us"] for k in keys) - saving)
+    # Each entry keeps the reference timed around it and is summed at the frozen one.
+    saving = junction_saving_us(junctions, lambda j: _at(entries[j.key], ref))
+    assert 0 <= saving <= sum(_at(entries[j.key], ref) for sides, _, _ in junctions for j in sides) + 1e-9
+    assert raw == pytest.approx(sum(_at(entries[k], ref) for k in keys) - saving)
 
 
 def test_table_persisted_and_reused(saved_table, backend, resnet_inventory, policy):
-    path, entries, raw = saved_table
+    path, entries, raw, ref_then = saved_table
     data = json.loads(path.read_text())
     assert data["profile"] == backend.profile()
     assert data["profile_id"] == profile_id(backend.profile())
@@ -185,14 +192,13 @@ def test_table_persisted_and_reused(saved_table, backend, resnet_inventory, poli
     reopened.on_measure = lambda key: pytest.fail(f"re-measured {key}")
     ref_now = reopened.freeze_reference()
     # Uncalibrated: the sum of the entries, each rescaled to the machine speed of now.
-    (ref_then,) = {e["ref_us"] for e in entries.values()}  # one frozen reference when measured
     assert reopened.predict_us(resnet_inventory, policy) == pytest.approx(raw * ref_now / ref_then)
     assert reopened.measured_now == 0
     assert not reopened.is_calibrated(resnet_inventory)
 
 
 def test_table_measures_only_new_entries(saved_table, tmp_path, backend, resnet_inventory, policy):
-    path, entries, _raw = saved_table
+    path, entries, _raw, _ref = saved_table
     copy = tmp_path / "copy.json"
     copy.write_text(path.read_text())
     table = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
@@ -204,7 +210,7 @@ def test_table_measures_only_new_entries(saved_table, tmp_path, backend, resnet_
 
 
 def test_shared_table(saved_table, tmp_path, backend, resnet_inventory, policy):
-    _path, entries, _raw = saved_table
+    _path, entries, _raw, _ref = saved_table
     shared = tmp_path / "shared" / "lut.json"
     first = LatencyTable.open(tmp_path / "run1.json", backend, shared_path=shared, channel_multiple=MULTIPLE)
     first.entries.update(entries)
@@ -229,7 +235,7 @@ def test_default_shared_path_is_in_cache(backend, isolated_cache):
 
 
 def test_other_profile_refused(saved_table, tmp_path, backend):
-    path, entries, _raw = saved_table
+    path, entries, _raw, _ref = saved_table
     data = json.loads(path.read_text())
     data["profile"]["threads"] = data["profile"]["threads"] + 7
     other = tmp_path / "other.json"
@@ -358,7 +364,7 @@ def test_calibration_degenerate_cases():
 
 
 def test_table_calibrate_and_persist(saved_table, tmp_path, backend, resnet_inventory, space):
-    path, _entries, _raw = saved_table
+    path, _entries, _raw, _ref = saved_table
     copy = tmp_path / "cal.json"
     copy.write_text(path.read_text())
     table = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
@@ -392,7 +398,7 @@ def test_table_calibration_scales_parts_and_restores_them(saved_table, tmp_path,
     """Whole models that pay their int8 layers' entries 0.7x and the rest as summed: the
     table's calibration learns it from its points, predicts the all-int8 extreme at less
     than half the error of one line through them, and a reopened table predicts exactly as the one that fitted it."""
-    path, _entries, _raw = saved_table
+    path, _entries, _raw, _ref = saved_table
     copy = tmp_path / "cal.json"
     copy.write_text(path.read_text())
     table = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
@@ -423,7 +429,7 @@ def test_calibration_adds_models_while_its_budget_allows_and_corrects_drift(save
 
     from autocompress.latency_lut._table import calibration_policies
 
-    path, _entries, _raw = saved_table
+    path, _entries, _raw, _ref = saved_table
     copy = tmp_path / "cal.json"
     copy.write_text(path.read_text())
     table = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
@@ -478,7 +484,7 @@ def test_whole_model_measurements_refit_the_calibration(tmp_path, backend, resne
 
 
 def test_entries_are_rescaled_to_the_machine_speed_of_now(saved_table, backend, resnet_inventory, policy):
-    path, entries, raw = saved_table
+    path, entries, raw, _ref = saved_table
     table = LatencyTable.open(path, backend, channel_multiple=MULTIPLE)
     ref = table.freeze_reference()
     base = table.raw_us(resnet_inventory, policy)
@@ -489,14 +495,13 @@ def test_entries_are_rescaled_to_the_machine_speed_of_now(saved_table, backend, 
 def test_reference_speed_is_the_median_of_the_last_minute(tmp_path, backend, monkeypatch):
     """One jittery timing of the reference must not rescale every prediction; a lasting
     change of the machine's speed must."""
-    from autocompress.latency_lut import Measurement
     from autocompress.latency_lut import _table as table_module
 
     clock = [1000.0]
     monkeypatch.setattr(table_module.time, "monotonic", lambda: clock[0])
     timings = iter([100.0, 100.0, 150.0, 100.0, 150.0, 150.0, 150.0])
     table = LatencyTable(tmp_path / "t.json", backend)
-    monkeypatch.setattr(table, "_measure_choice", lambda choice: Measurement(next(timings), 0.0, 0.0, 1))
+    monkeypatch.setattr(table, "_time_reference", lambda min_time_s=None: next(timings))
     seen = []
     for _ in range(7):
         seen.append(table.reference_us())
@@ -576,6 +581,40 @@ def test_junction_saving_counts_the_conversions_a_tensor_avoids():
     assert saving([([j(32), j(32)], True)]) == 1.0  # a plain-layout reader: converted once
     assert saving([([j(32), j(8), j(8)], False)]) == 7.0 - 4.0  # two precisions: each converted once
     assert saving([([j(8)], True), ([j(32), j(32)], False)]) == 2.0  # tensors add up
+    # The two terms, as the calibration weighs them apart: what the layers' graphs paid, and
+    # what the whole model still converts.
+    groups = [([j(32), j(8), j(8)], False), ([j(32), j(32)], False), ([j(8)], True)]
+    assert junction_costs_us(groups, lambda x: half[x.bits]) == (7.0 + 2.0 + 3.0, 4.0 + 0.0 + 3.0)
+    assert saving(groups) == 12.0 - 7.0
+
+
+def test_an_entry_is_timed_between_two_timings_of_the_reference(tmp_path, backend, monkeypatch):
+    """The reference is timed just before and just after each new entry, and the entry keeps
+    their mean; an entry's timing after serves as the next one's before while it is recent."""
+    from autocompress.latency_lut import Measurement
+    from autocompress.latency_lut import _table as table_module
+    from autocompress.latency_lut._table import ElementwiseChoiceShape
+    from autocompress.inventory import Elementwise
+
+    clock = [1000.0]
+    monkeypatch.setattr(table_module.time, "monotonic", lambda: clock[0])
+    table = LatencyTable(tmp_path / "t.json", backend)
+    references = iter([100.0, 110.0, 130.0, 90.0, 95.0, 100.0])  # before, after, after, before, after, now
+
+    def time_reference(min_time_s=None):
+        table._last_bracket = (clock[0], next(references))
+        return table._last_bracket[1]
+
+    monkeypatch.setattr(table, "_time_reference", time_reference)
+    monkeypatch.setattr(table, "reference_us", lambda refresh=False: 100.0)
+    monkeypatch.setattr(table, "_measure_choice", lambda choice: Measurement(10.0, 9.0, 11.0, 50))
+    adds = [ElementwiseChoiceShape(Elementwise(f"add{c}", "add", (1, c, 4, 4), "relu", None), c) for c in (8, 16, 24)]
+    table.entry_us(adds[0])
+    table.entry_us(adds[1])  # right after: the previous timing after is this one's before
+    clock[0] += table_module.BRACKET_REUSE_S + 1
+    table.entry_us(adds[2])  # later: the reference is timed before it again
+    assert [table.entries[a.key]["ref_us"] for a in adds] == [105.0, 120.0, 92.5]
+    assert table.entries[adds[0].key]["median_us"] == 10.0
 
 
 def test_layer_links_follow_the_graph(resnet_inventory):

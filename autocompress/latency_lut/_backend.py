@@ -191,10 +191,14 @@ class LatencyBackend:
 
     def measure(self, item: Measurable | bytes | Path, feeds: Mapping[str, np.ndarray] | None = None) -> Measurement:
         """Time one model. An ONNX model and its feeds may be given instead of a Measurable."""
-        run = self.prepare(_as_measurable(item, feeds))
-        for _ in range(self.timing.warmup):
+        return self.time_prepared(self.prepare(_as_measurable(item, feeds)), warmup=self.timing.warmup)
+
+    def time_prepared(self, run: Runner, warmup: int = REWARM_RUNS, min_time_s: float | None = None) -> Measurement:
+        """Time a model ``prepare`` returned, after ``warmup`` untimed calls, for
+        ``min_time_s`` seconds (default: the timing's) and at least ``min_runs`` calls."""
+        for _ in range(warmup):
             run()
-        return _stats(self._time(run, self.timing.min_runs, self.timing.min_time_s))
+        return _stats(self._time(run, self.timing.min_runs, self.timing.min_time_s if min_time_s is None else min_time_s))
 
     def measure_many(self, items: Sequence[Measurable | tuple[bytes | Path, Mapping[str, np.ndarray]]], rounds: int = 5) -> list[Measurement]:
         """Time several models interleaved round by round; one result per item, in order."""

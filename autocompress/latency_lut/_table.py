@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 SCHEMA = 1
-RAW_VERSION = 4  # what a calibration point's raw_us sums (2: junction savings subtracted; 3: with int_share; 4: junctions per tensor, adds by precision)
+RAW_VERSION = 5  # what a calibration point's raw_us and parts sum (2: junction savings subtracted; 3: with int_share; 4: junctions per tensor, adds by precision; 5: conversions a part apart)
 CALIBRATION_BUDGET_S = 30.0  # seconds a calibration may spend on more whole models than its first batch
 CALIBRATION_MAX_RANDOM = 40  # random whole models at most
 
@@ -195,18 +195,24 @@ def junction_saving_us(groups: list[tuple], entry_us: Callable[[JunctionShape], 
     A group is (sides, plain) or (sides, plain, unpaid): ``unpaid`` sides take part in the
     tensor's layouts without a layer's graph having paid for them (a float sum written in
     the blocked layout)."""
-    saving = 0.0
+    charged, converted = junction_costs_us(groups, entry_us)
+    return charged - converted
+
+
+def junction_costs_us(groups: list[tuple], entry_us: Callable[[JunctionShape], float]) -> tuple[float, float]:
+    """The two terms of `junction_saving_us`: the half conversions the layers' graphs paid,
+    and the conversions the whole model still makes where precisions or layouts meet."""
+    charged = converted = 0.0
     for sides, plain, *rest in groups:
         per_bits: dict[int, float] = {}
-        charged = 0.0
         for junction in sides:
             us = entry_us(junction)
             charged += us
             per_bits.setdefault(junction.bits, us)
         for junction in rest[0] if rest else ():
             per_bits.setdefault(junction.bits, entry_us(junction))
-        saving += charged - (0.0 if len(per_bits) == 1 and not plain else sum(per_bits.values()))
-    return saving
+        converted += 0.0 if len(per_bits) == 1 and not plain else sum(per_bits.values())
+    return charged, converted
 
 
 def channel_axis(shape: tuple[int, ...] | list[int]) -> int:
@@ -297,6 +303,8 @@ def _micro_model(choice: LayerChoiceShape, channel_multiple: int) -> tuple[nn.Mo
 REFERENCE_KEY = "conv|1x32x28x28|o32|k3x3|s1x1|p1x1|g1|arelu|b32|r1"
 REFERENCE_MAX_AGE_S = 10.0  # the reference is timed again when its newest timing is older
 REFERENCE_WINDOW_S = 60.0  # ... and the machine's speed is the median of the timings this recent
+BRACKET_S = 0.03  # the reference's short timings just before and just after each new entry
+BRACKET_REUSE_S = 0.5  # a timing after one entry this recent is the timing before the next
 
 
 def _reference_choice() -> LayerChoiceShape:
@@ -367,7 +375,8 @@ def _micro_elementwise(choice: ElementwiseChoiceShape) -> tuple[nn.Module, tuple
 class Calibration:
     """measured_us ~= scale * sum_of_layer_entries_us + offset_us, fitted on whole models;
     then, where the points record the sum by part (layers per precision, element-wise ops,
-    junction savings), one scale per part, shrunk toward the common scale; then corrected
+    the half conversions the layers' graphs paid, the conversions the whole model still
+    makes), one scale per part, shrunk toward the common scale; then corrected
     locally: the model times the mean measured/model ratio of the points near the query,
     shrunk toward 1 by a prior worth ``LOCAL_PRIOR`` points (``LOCAL_PRIOR_BY_PARTS``
     where the scales per part already model the precisions: what is left near a query is
@@ -503,6 +512,8 @@ class LatencyTable:
         self._saved_at = time.monotonic()
         self._reference: tuple[float, float] | None = None  # (measured at, us)
         self._reference_history: list[tuple[float, float]] = []
+        self._reference_run: Callable[[], float] | None = None  # the reference, prepared once
+        self._last_bracket: tuple[float, float] | None = None  # (timed at, us): the reference's newest short timing
         self._junctions: dict[str, list[Site]] = {}
 
     @classmethod
@@ -585,6 +596,27 @@ class LatencyTable:
             model, inputs = _micro_model(choice, self.channel_multiple)
         return self.backend.measure(Measurable.from_module(model, inputs))
 
+    def _measure_entry(self, choice: LayerChoiceShape | ElementwiseChoiceShape | JunctionShape) -> dict:
+        """An entry's timing, with the reference's latency around it: the mean of a short
+        timing just before (the previous entry's timing after, when that is recent) and one
+        just after. On a shared machine the speed moves by a few percent within seconds
+        (`benchmarks/entry_noise.py`); a reference timed next to the entry follows that,
+        where the smoothed reference of `reference_us` cannot."""
+        last = self._last_bracket
+        before = last[1] if last is not None and time.monotonic() - last[0] <= BRACKET_REUSE_S else self._time_reference(BRACKET_S)
+        m = self._measure_choice(choice)
+        after = self._time_reference(BRACKET_S)
+        return {**m.to_dict(), "ref_us": (before + after) / 2}
+
+    def _time_reference(self, min_time_s: float | None = None) -> float:
+        """The reference's latency now, timed on one session kept for the table's life."""
+        if self._reference_run is None:
+            self._reference_run = self.backend.prepare(Measurable.from_module(*_micro_model(_reference_choice(), self.channel_multiple)))
+            self.backend.time_prepared(self._reference_run, warmup=self.backend.timing.warmup, min_time_s=0.0)
+        us = self.backend.time_prepared(self._reference_run, min_time_s=min_time_s).median_us
+        self._last_bracket = (time.monotonic(), us)
+        return us
+
     def _measure_junction(self, junction: JunctionShape) -> Measurement:
         """Half of (in + out) conversion = (2 t(one conv) - t(two convs) - t(an empty call)) / 2:
         a second conv in the same precision adds its compute but no conversion."""
@@ -605,7 +637,7 @@ class LatencyTable:
         this project's machines smoothing cut the median prediction error from 5.5% to 4.1%."""
         now = time.monotonic()
         if refresh or self._reference is None or now - self._reference[0] > REFERENCE_MAX_AGE_S:
-            us = self._measure_choice(_reference_choice()).median_us
+            us = self._time_reference()
             recent = [(t, v) for t, v in self._reference_history if now - t <= REFERENCE_WINDOW_S and not refresh]
             self._reference_history = [*recent, (now, us)][-7:]
             self._reference = (now, float(np.median([v for _, v in self._reference_history])))
@@ -625,8 +657,8 @@ class LatencyTable:
         if key not in self.entries:
             if self.on_measure is not None:
                 self.on_measure(key)
-            m = self._measure_choice(choice)
-            self.entries[key] = {**m.to_dict(), "ref_us": self.reference_us()}
+            self.entries[key] = self._measure_entry(choice)
+            self.reference_us()  # the speed predictions rescale to, kept a few seconds
             self.measured_now += 1
             if time.monotonic() - self._saved_at >= self.checkpoint_s:  # a crash mid-table keeps what was measured
                 self.save()
@@ -726,8 +758,9 @@ class LatencyTable:
 
     def sums(self, inventory: LayerInventory, policy: Policy) -> tuple[float, float, dict[str, float]]:
         """The sum, the share of it in layers that run integer kernels (8 bits or fewer), and
-        the sum by part: layers per precision ("b32", "b8", ...), "elementwise" ops, and
-        "junctions" (the conversions saved, negative)."""
+        the sum by part: layers per precision ("b32", "b8", ...), "elementwise" ops,
+        "junctions" (the half conversions the layers' graphs paid, negative) and
+        "conversions" (those the whole model still makes where precisions or layouts meet)."""
         self.reference_us()
         layers, elementwise, junctions = self.choices(inventory, policy)
         parts: dict[str, float] = {}
@@ -739,7 +772,10 @@ class LatencyTable:
         if elementwise:
             parts["elementwise"] = sum(self.entry_us(c) for c in elementwise)
         if junctions:
-            parts["junctions"] = -junction_saving_us(junctions, self.entry_us)
+            charged, converted = junction_costs_us(junctions, self.entry_us)
+            parts["junctions"] = -charged
+            if converted:
+                parts["conversions"] = converted
         raw = sum(parts.values())
         return raw, (integer / raw if raw > 0 else 0.0), parts
 
