@@ -59,26 +59,45 @@ def measure(task_spec: str, table_path: Path, samples: int, seed: int, precision
             "policies": [p.to_dict() for p in policies], "relative": passes}
 
 
-def evaluate(measured: dict, table_path: Path, fit_on: dict | None = None) -> dict:
-    """Figures on ``measured``; with ``fit_on``, the calibrations are fitted on its candidates
-    and judged on all of ``measured``."""
-    from autocompress.latency_lut import Calibration
+def in_sample_errors(parts: list[dict], relative: np.ndarray) -> np.ndarray:
+    """Relative errors of the best linear fit of the parts (and an offset) to ``relative``,
+    fitted on the very same candidates: what no linear calibration of these parts can beat."""
+    names = sorted({k for p in parts for k in p})
+    x = np.array([[p.get(k, 0.0) for k in names] + [1.0] for p in parts])
+    coef, *_ = np.linalg.lstsq(x / relative[:, None], np.ones(len(relative)), rcond=None)
+    return x @ coef / relative - 1
+
+
+def candidate_sums(measured: dict, table_path: Path) -> list[tuple[float, float, dict]]:
+    """The table's (sum, integer share, parts) of every candidate in ``measured``."""
     from autocompress.spaces import Policy, SpaceConfig
     from autocompress.study import open_workbench
     from autocompress.task import load_task
 
     bench = open_workbench(load_task(measured["task"], 0), SpaceConfig(), 1, table_path, shared_table=False)
     bench.table.freeze_reference()
+    return [bench.table.sums(bench.inventory, Policy.from_dict(p)) for p in measured["policies"]]
+
+
+def evaluate(measured: dict, table_path: Path, fit_on: dict | None = None) -> dict:
+    """Figures on ``measured``; with ``fit_on``, the calibrations are fitted on its candidates
+    and judged on all of ``measured``."""
+    from autocompress.latency_lut import Calibration
+
     sources = [measured, fit_on] if fit_on else [measured]
-    sums = [bench.table.sums(bench.inventory, Policy.from_dict(p)) for m in sources for p in m["policies"]]
+    sums = candidate_sums({**measured, "policies": [p for m in sources for p in m["policies"]]}, table_path)
     raw = np.array([s[0] for s in sums])
     share = np.array([s[1] for s in sums])
     parts = [s[2] for s in sums]
     first, second = (np.concatenate([np.array(m["relative"][i]) for m in sources]) for i in (0, 1))
     n = len(measured["policies"])
     repeat = np.abs(second[:n] / first[:n] - 1)
+    both = (first[:n] + second[:n]) / 2
+    bound = np.abs(in_sample_errors(parts[:n], both))
     out = {"repeatability": {"median_abs": float(np.median(repeat)), "within_10pct": float(np.mean(repeat <= 0.1)),
                              "within_5pct": float(np.mean(repeat <= 0.05))},
+           "in_sample": {"median_abs": float(np.median(bound)), "within_10pct": float(np.mean(bound <= 0.1)),
+                         "within_5pct": float(np.mean(bound <= 0.05))},
            "spearman_sum": float(np.corrcoef(np.argsort(np.argsort(raw[:n])), np.argsort(np.argsort(second[:n])))[0, 1]),
            "calibrated": {}}
     for model in CALIBRATION_MODELS:
@@ -114,6 +133,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=("mixed", "float", "int8"), default="mixed",
                         help="draw the candidates' bit widths (mixed), or put every layer in float or int8")
     parser.add_argument("--fit-on", default=None, help="fit the calibrations on these saved measurements' candidates and judge all of --measured")
+    parser.add_argument("--compare-table", default=None,
+                        help="another table of the task: how alike the two tables' in-sample errors are, candidate by candidate")
     args = parser.parse_args()
     if args.measured:
         measured = json.loads(Path(args.measured).read_text())
@@ -125,6 +146,13 @@ def main() -> None:
     print(f"{measured['task']}: {measured['samples']} candidates; the second pass against the first: median "
           f"{rep['median_abs']:.1%}, within ±10% {rep['within_10pct']:.0%}, within ±5% {rep['within_5pct']:.0%}; "
           f"Spearman of the plain sum {figures['spearman_sum']:.3f}")
+    bound = figures["in_sample"]
+    print(f"the parts fitted on all {measured['samples']} candidates themselves (in sample): median {bound['median_abs']:.1%}, "
+          f"within ±10% {bound['within_10pct']:.1%}, within ±5% {bound['within_5pct']:.0%}")
+    if args.compare_table:
+        both = (np.array(measured["relative"][0]) + np.array(measured["relative"][1])) / 2
+        errors = [in_sample_errors([s[2] for s in candidate_sums(measured, Path(t))], both) for t in (args.table, args.compare_table)]
+        print(f"in-sample errors of the two tables, correlation over the candidates: {np.corrcoef(errors)[0, 1]:.3f}")
     print("| calibration | models | median abs error | within ±10% | within ±5% |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for model, by_k in figures["calibrated"].items():
