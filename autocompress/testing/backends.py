@@ -13,7 +13,8 @@ Subclass :class:`BackendConformance` in a test module, under a name pytest colle
 
 The suite checks the contract of :class:`autocompress.latency_lut.LatencyBackend`: the
 profile, the statistics of a measurement, that a model of thousands of times the FLOPs
-measures slower, that ``measure_many`` answers in order, that a wrong input shape is a
+measures slower, that ``measure_many`` answers in order, that a prepared model can be timed
+again (``time_prepared``), that a wrong input shape is a
 clear :class:`MeasurementError`, and that the caller's module is left alone.
 """
 
@@ -113,6 +114,16 @@ class BackendConformance:
             check_measurement(m, backend.timing.min_runs)
         assert results[0].median_us > SLOWER_FACTOR * results[1].median_us
         assert results[2].median_us > SLOWER_FACTOR * results[1].median_us
+
+    def test_a_prepared_model_is_timed_again_without_preparing_it_again(self, backend: LatencyBackend, small: Measurable,
+                                                                         big: Measurable) -> None:
+        run = backend.prepare(big)
+        first = backend.time_prepared(run, warmup=backend.timing.warmup)
+        backend.measure(small)  # another model in between, as the latency table times its reference around entries
+        again = backend.time_prepared(run)
+        for m in (first, again):
+            check_measurement(m, backend.timing.min_runs)
+        assert again.median_us > SLOWER_FACTOR * backend.measure(small).median_us
 
     def test_wrong_input_shape_is_a_clear_error(self, backend: LatencyBackend, small: Measurable) -> None:
         wrong = Measurable((torch.randn(1, 5, 8, 8),), module=small.module, onnx=small.onnx_model)
