@@ -30,12 +30,15 @@ import numpy as np
 
 def compare(a_path: Path, b_path: Path) -> None:
     a, b = (json.loads(Path(p).read_text())["entries"] for p in (a_path, b_path))
-    keys = [k for k in a if k in b]  # in the order the first table measured them
+    shared = [k for k in a if k in b]  # in the order the first table measured them
+    keys = [k for k in shared if a[k]["median_us"] > 0 and b[k]["median_us"] > 0]  # a conversion can measure 0: no ratio
     if not keys:
         sys.exit("The two tables share no entry: build both for the same task and target.")
+    if len(keys) < len(shared):
+        print(f"{len(shared) - len(keys)} shared entries measure 0 us in one table or both; left out")
     d = np.log(np.array([b[k]["median_us"] / b[k]["ref_us"] for k in keys]) / np.array([a[k]["median_us"] / a[k]["ref_us"] for k in keys]))
     lag1 = float(np.corrcoef(d[:-1], d[1:])[0, 1]) if len(d) > 2 else float("nan")
-    print(f"{len(keys)} shared entries: median |difference| {np.median(np.abs(d)):.1%}, 90th percentile "
+    print(f"{len(keys)} shared entries compared: median |difference| {np.median(np.abs(d)):.1%}, 90th percentile "
           f"{np.percentile(np.abs(d), 90):.1%}, lag-1 autocorrelation {lag1:.2f}")
     print("median difference per block of 100 entries: " + " ".join(f"{np.median(d[i:i + 100]):+.1%}" for i in range(0, len(d), 100)))
     for kind in ("b32", "b8", "junction"):
