@@ -303,7 +303,7 @@ def _micro_model(choice: LayerChoiceShape, channel_multiple: int) -> tuple[nn.Mo
 REFERENCE_KEY = "conv|1x32x28x28|o32|k3x3|s1x1|p1x1|g1|arelu|b32|r1"
 REFERENCE_MAX_AGE_S = 10.0  # the reference is timed again when its newest timing is older
 REFERENCE_WINDOW_S = 60.0  # ... and the machine's speed is the median of the timings this recent
-BRACKET_S = 0.03  # the reference's short timings just before and just after each new entry
+BRACKET_SHARE = 0.3  # the reference's short timings around each new entry, as a share of an entry's timing
 BRACKET_REUSE_S = 0.5  # a timing after one entry this recent is the timing before the next
 
 
@@ -602,10 +602,10 @@ class LatencyTable:
         just after. On a shared machine the speed moves by a few percent within seconds
         (`benchmarks/entry_noise.py`); a reference timed next to the entry follows that,
         where the smoothed reference of `reference_us` cannot."""
-        last = self._last_bracket
-        before = last[1] if last is not None and time.monotonic() - last[0] <= BRACKET_REUSE_S else self._time_reference(BRACKET_S)
+        last, bracket_s = self._last_bracket, BRACKET_SHARE * self.backend.timing.min_time_s
+        before = last[1] if last is not None and time.monotonic() - last[0] <= BRACKET_REUSE_S else self._time_reference(bracket_s)
         m = self._measure_choice(choice)
-        after = self._time_reference(BRACKET_S)
+        after = self._time_reference(bracket_s)
         return {**m.to_dict(), "ref_us": (before + after) / 2}
 
     def _time_reference(self, min_time_s: float | None = None) -> float:
