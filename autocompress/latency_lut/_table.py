@@ -34,7 +34,7 @@ from torch import nn
 from autocompress._io import atomic_write_json, cache_dir
 from autocompress.errors import UserError
 from autocompress.inventory import Elementwise, Group, Layer, LayerInventory, is_depthwise
-from autocompress.latency_lut._backend import LatencyBackend, Measurable, Measurement, profile_id
+from autocompress.latency_lut._backend import LatencyBackend, Measurable, Measurement, Runner, profile_id
 from autocompress.spaces import Policy, SearchSpace, kept_for
 
 __all__ = [
@@ -512,7 +512,7 @@ class LatencyTable:
         self._saved_at = time.monotonic()
         self._reference: tuple[float, float] | None = None  # (measured at, us)
         self._reference_history: list[tuple[float, float]] = []
-        self._reference_run: Callable[[], float] | None = None  # the reference, prepared once
+        self._reference_run: Runner | None = None  # the reference, prepared once
         self._last_bracket: tuple[float, float] | None = None  # (timed at, us): the reference's newest short timing
         self._junctions: dict[str, list[Site]] = {}
 
