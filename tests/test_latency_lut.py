@@ -342,6 +342,24 @@ def test_calibration_scales_each_part_and_keeps_the_line_without_parts():
     assert old.part_scales == {} and old.model(500.0, {"b8": 500.0}) == old.line(500.0)
 
 
+def test_calibration_scales_per_part_minimize_the_relative_error():
+    """Twenty fast models and three slow ones that pay 25% more: a fit of absolute errors
+    bends to the slow ones and leaves a fast one 10% off; the relative fit keeps every
+    model within 6%."""
+    rng = np.random.default_rng(0)
+    points = []
+    for i, (total, factor) in enumerate([(rng.uniform(80.0, 120.0), 1.0) for _ in range(20)] + [(2000.0, 1.25)] * 3):
+        share = rng.uniform()
+        parts = {"b32": (1 - share) * total, "b8": share * total}
+        measured = factor * (parts["b32"] + 0.6 * parts["b8"])
+        points.append({"policy": str(i), "raw_us": total, "parts": parts, "measured_us": measured})
+    cal = Calibration(points=points)
+    cal.fit()
+    assert cal.part_scales
+    errors = [abs(cal.model(p["raw_us"], p["parts"]) / p["measured_us"] - 1) for p in points]
+    assert max(errors) < 0.06
+
+
 def test_calibration_degenerate_cases():
     empty = Calibration()
     empty.fit()
