@@ -36,16 +36,11 @@ def profile_nodes(backend, onnx_model: bytes, inputs: tuple, runs: int) -> dict:
     and the median of the profiled runs end to end."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = backend.threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
+    so = backend.session_options()
     so.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
         so.profile_file_prefix = os.path.join(tmp, "profile")
-        session = ort.InferenceSession(onnx_model, so, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(onnx_model, so, providers=backend.provider_options(onnx_model))
         feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs)}
         for _ in range(runs):
             session.run(None, feeds)

@@ -64,7 +64,8 @@ class OrtBackend(LatencyBackend):
             "graph_optimization": "ORT_ENABLE_ALL",
         }
 
-    def session(self, model: bytes | Path, optimized_model_path: Path | None = None):
+    def session_options(self):
+        """The options every session of this target runs with (threads, optimization level)."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
@@ -73,6 +74,12 @@ class OrtBackend(LatencyBackend):
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        return so
+
+    def session(self, model: bytes | Path, optimized_model_path: Path | None = None):
+        import onnxruntime as ort
+
+        so = self.session_options()
         if optimized_model_path is not None:
             so.optimized_model_filepath = str(optimized_model_path)
         source = model if isinstance(model, bytes) else str(model)
