@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from table_fit import candidate_sums, fit_relative
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CONVERSIONS = ("Transpose", "QuantizeLinear", "DequantizeLinear", "ReorderInput", "ReorderOutput")
 
@@ -86,33 +88,28 @@ def profile(measured: dict, table_path: Path, runs: int) -> list[dict]:
 
 def fit_figures(features: np.ndarray, speed: np.ndarray) -> dict:
     """The best linear fit (with an offset) on relative error, in sample."""
-    x = np.c_[features, np.ones(len(speed))]
-    coef, *_ = np.linalg.lstsq(x / speed[:, None], np.ones(len(speed)), rcond=None)
-    pred = x @ coef
-    err = np.abs(pred / speed - 1)
-    rho = float(np.corrcoef(np.argsort(np.argsort(pred)), np.argsort(np.argsort(speed)))[0, 1])
-    return {"median_abs": float(np.median(err)), "within_10pct": float(np.mean(err <= 0.1)),
-            "within_5pct": float(np.mean(err <= 0.05)), "spearman": rho}
+    from autocompress.latency_lut import fidelity
+
+    report = fidelity(list(fit_relative(features, speed)(features)), list(speed))
+    return {"median_abs": report.median_abs_error, "within_10pct": report.within_10pct,
+            "within_5pct": report.within_5pct, "spearman": report.spearman}
 
 
 def held_out_figures(features: np.ndarray, first: np.ndarray, second: np.ndarray, k: int = 42, splits: int = 20) -> dict:
     """Fitted on ``k`` candidates' first pass, judged on the others' second pass; means over splits."""
     k = min(k, len(first) // 2)
-    x = np.c_[features, np.ones(len(first))]
     rng = np.random.default_rng(0)
     medians, within10 = [], []
     for _ in range(splits):
         order = rng.permutation(len(first))
         fit, held = order[:k], order[k:]
-        coef, *_ = np.linalg.lstsq(x[fit] / first[fit, None], np.ones(k), rcond=None)
-        err = np.abs(x[held] @ coef / second[held] - 1)
+        err = np.abs(fit_relative(features[fit], first[fit])(features[held]) / second[held] - 1)
         medians.append(np.median(err))
         within10.append(np.mean(err <= 0.1))
     return {"held_out_median_abs": float(np.mean(medians)), "held_out_within_10pct": float(np.mean(within10))}
 
 
 def evaluate(measured: dict, profiles: list[dict], table_path: Path) -> dict:
-    from table_fit import candidate_sums
 
     first, second = (np.array(measured["relative"][i]) for i in (0, 1))
     speed = (first + second) / 2

@@ -26,6 +26,7 @@ import random
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -59,13 +60,19 @@ def measure(task_spec: str, table_path: Path, samples: int, seed: int, precision
             "policies": [p.to_dict() for p in policies], "relative": passes}
 
 
+def fit_relative(x: np.ndarray, target: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The least-squares fit of ``target`` by the columns of ``x`` and an offset, on relative
+    error; returns the fitted predictor of such columns."""
+    coef, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(target))] / target[:, None], np.ones(len(target)), rcond=None)
+    return lambda z: np.c_[z, np.ones(len(z))] @ coef
+
+
 def in_sample_errors(parts: list[dict], relative: np.ndarray) -> np.ndarray:
     """Relative errors of the best linear fit of the parts (and an offset) to ``relative``,
     fitted on the very same candidates: what no linear calibration of these parts can beat."""
     names = sorted({k for p in parts for k in p})
-    x = np.array([[p.get(k, 0.0) for k in names] + [1.0] for p in parts])
-    coef, *_ = np.linalg.lstsq(x / relative[:, None], np.ones(len(relative)), rcond=None)
-    return x @ coef / relative - 1
+    x = np.array([[p.get(k, 0.0) for k in names] for p in parts])
+    return fit_relative(x, relative)(x) / relative - 1
 
 
 def candidate_sums(measured: dict, table_path: Path) -> list[tuple[float, float, dict]]:
