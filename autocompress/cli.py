@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray-address", default=None,
                    help="run trials as Ray Tune trials: local (start Ray here), auto (this machine's cluster) or HOST:PORT")
     s.add_argument("--workers", type=int, default=None, help="with --ray-address: trials fine-tuned at once (default 1)")
-    s.add_argument("--ray-max-failures", type=int, default=2, help="with --ray-address: restarts of a trial whose node died")
+    s.add_argument("--ray-max-failures", type=int, default=None, help="with --ray-address: restarts of a trial whose node died (default 2)")
     s.add_argument("--early-stop", action="store_true",
                    help="with --ray-address: stop weak fine-tunes early (successive halving on the metric at each quarter)")
     s.add_argument("--resume", metavar="RUN", default=None,
@@ -124,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = lsub.add_parser("build", help="measure every layer configuration the task's space can reach, then calibrate")
     b.add_argument("--task", default="demo", help="task whose space the table covers (demo or minilm, or a path/module spec as for search)")
     b.add_argument("--table", default=None, help=table_help)
+    b.add_argument("--allow-other-profile", action="store_true", help="add to a table measured on another target, on purpose")
     _target_and_space_options(b)
     sh = lsub.add_parser("show", help="the table's target, entries, calibrations and non-monotone channel counts")
     sh.add_argument("--table", default=None, help=table_help)
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--repeat", action="store_true",
                    help="time every candidate again after the first pass and report how well the measurement agrees with itself")
     v.add_argument("--table", default=None, help=table_help)
+    v.add_argument("--allow-other-profile", action="store_true", help="validate a table measured on another target, on purpose")
     _target_and_space_options(v)
     return parser
 
@@ -197,7 +199,9 @@ def _resumed_config(args: argparse.Namespace):
     unchecked = sorted(d for d in defaults if d not in _RECORDED_OPTIONS and d not in ("command", "resume", "run_dir", "trials")
                        and getattr(args, d) != defaults[d])
     if unchecked:
-        raise UserError(f"--{unchecked[0].replace('_', '-')} cannot be combined with --resume; drop it to resume as recorded.")
+        flag = unchecked[0].replace("_", "-")
+        flag = f"--no-{flag}" if getattr(args, unchecked[0]) is False else f"--{flag}"  # a switch that is on by default
+        raise UserError(f"{flag} cannot be combined with --resume; drop it to resume as recorded.")
     for dest, where in _RECORDED_OPTIONS.items():
         given = getattr(args, dest)
         if given == defaults[dest]:
@@ -241,10 +245,10 @@ def _search(args: argparse.Namespace) -> int:
     if args.ray_address is not None:
         from autocompress.search._ray import RayConfig
 
-        ray = RayConfig(address=args.ray_address, workers=args.workers or 1, max_failures=args.ray_max_failures,
-                        early_stop=args.early_stop)
-    elif args.workers is not None or args.early_stop:
-        raise UserError("--workers and --early-stop apply to Ray sweeps; add --ray-address local|auto|HOST:PORT.")
+        ray = RayConfig(address=args.ray_address, workers=args.workers if args.workers is not None else 1,
+                        max_failures=args.ray_max_failures if args.ray_max_failures is not None else 2, early_stop=args.early_stop)
+    elif args.workers is not None or args.early_stop or args.ray_max_failures is not None:
+        raise UserError("--workers, --ray-max-failures and --early-stop apply to Ray sweeps; add --ray-address local|auto|HOST:PORT.")
     config = SearchConfig(
         task=args.task, latency_budget=args.latency_budget, trials=args.trials,
         run_dir=args.run_dir or f"runs/{task_name}", searcher=args.searcher, seed=args.seed, distill=distill,
@@ -266,19 +270,21 @@ def _console():
 
 
 def _report(args: argparse.Namespace) -> int:
-    from autocompress._io import read_json
     from autocompress.latency_lut import Measurable, backend_for_profile
-    from autocompress.study import finalize_run
+    from autocompress.study import finalize_run, read_run_record
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "run.json").is_file() or not (run_dir / "study.db").is_file():
         raise UserError(f"{str(run_dir)!r} is not a run directory (no run.json and study.db); give the --run-dir of a search.")
     if args.serve and (run_dir / "report.html").is_file():
         return _serve(run_dir, args.host, args.port)
-    manifest = read_json(run_dir / "run.json")
+    manifest = read_run_record(run_dir)
     from autocompress.task import load_task
 
-    task = load_task(manifest["task_spec"], manifest["config"].get("batch_size", 0))
+    try:
+        task = load_task(manifest["task_spec"], manifest["config"].get("batch_size", 0))
+    except UserError as exc:
+        raise UserError(f"The run's recorded task {manifest['task_spec']!r} does not load: {exc}") from None
     profile = manifest["profile"]
     backend = backend_for_profile(profile, int(task.example_inputs[0].shape[0]))
     original = Measurable.from_module(task.model, task.example_inputs, dynamic_batch=True)
@@ -320,7 +326,11 @@ def _runs(args: argparse.Namespace) -> int:
         from autocompress.study import front_table
 
         front = load_front(Path(args.run_dir))
-        console.print(front_table(front, front.get("members", [])))
+        try:
+            console.print(front_table(front, front["members"]))
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise UserError(f"{str(Path(args.run_dir) / 'pareto.json')!r} is incomplete; rebuild it with "
+                            f"`autocompress report {args.run_dir}`.") from None
         failed = [m for m in front.get("members", []) if not m.get("verified", m.get("engine", {}).get("ok", True))]
         if failed:
             console.print(f"[red]{len(failed)} member(s) failed engine verification; see the engine column.[/]")
@@ -355,6 +365,7 @@ def _lut(args: argparse.Namespace) -> int:
 
     from rich.progress import Progress
 
+    from autocompress.latency_lut import check_backend_name, check_table_path
     from autocompress.study import open_workbench
     from autocompress.task import load_task
 
@@ -363,9 +374,17 @@ def _lut(args: argparse.Namespace) -> int:
         return _lut_show(_table_path(args, args.batch_size), console)
     if args.lut_command == "validate" and args.samples < 1:
         raise UserError(f"--samples must be at least 1, but got {args.samples}.")
+    # Options checked before the task loads, which can take minutes.
+    _space_config(args)
+    check_backend_name(args.backend)
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, but got {args.threads}.")
+    if args.table:
+        check_table_path(Path(args.table))
     task = load_task(args.task, args.batch_size)
     path = _table_path(args, int(task.example_inputs[0].shape[0]))
-    bench = open_workbench(task, _space_config(args), args.threads, path, shared_table=False, backend=args.backend)
+    bench = open_workbench(task, _space_config(args), args.threads, path, shared_table=False,
+                           allow_other_profile=args.allow_other_profile, backend=args.backend)
     table = bench.table
     if args.lut_command == "build":
         t0 = time.perf_counter()
@@ -415,17 +434,14 @@ def _lut(args: argparse.Namespace) -> int:
 
 
 def _lut_show(path: Path, console) -> int:
-    import json
+    from autocompress.latency_lut import Calibration, read_table_file
 
-    from autocompress.latency_lut import Calibration
-
+    if path.is_dir():
+        raise UserError(f"Latency table path {str(path)!r} is a directory; give the table's .json file.")
     if not path.is_file():
         raise UserError(f"No latency table at {str(path)!r}; build one with `autocompress lut build --task T`.")
-    try:
-        data = json.loads(path.read_text())
-        entries = data["entries"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(f"Latency table {str(path)!r} is unreadable or corrupted; delete it to re-measure.") from None
+    data = read_table_file(path)
+    entries = data["entries"]
     console.print(f"[bold]{path}[/]")
     for k, v in (data.get("profile") or {}).items():
         console.print(f"  {k}: {v}")
@@ -437,7 +453,7 @@ def _lut_show(path: Path, console) -> int:
     families: dict[str, list[tuple[int, float]]] = {}
     for key, e in entries.items():
         parts = key.split("|")
-        out = next((p for p in parts if p.startswith("o")), None)
+        out = next((p for p in parts if p.startswith("o") and p[1:].isdigit()), None)
         if out is None:
             continue
         families.setdefault("|".join(p for p in parts if p != out), []).append((int(out[1:]), e["median_us"]))

@@ -8,6 +8,7 @@ and verify -> tell) -> Pareto front -> engines, pareto.json, report.html.
 from __future__ import annotations
 
 import math
+import os
 import platform
 import sys
 import time
@@ -265,6 +266,29 @@ def _summarize_policy(policy: Policy, n_layers: int) -> str:
     return f"{bits or 'fp32'}, prune {len(pruned)}g~{mean:.0%}, rank {len(policy.rank)}{tucker}"
 
 
+def make_folder(run_dir: Path, create: bool = True, option: str = "--run-dir") -> None:
+    """Create the folder ``run_dir`` that ``option`` names (or with ``create=False`` only
+    check that it could be), with a one-line error when it cannot be."""
+    problem = None
+    if run_dir.exists() and not run_dir.is_dir():
+        problem = "a file is there"
+    else:
+        ancestor = run_dir
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            problem = f"{str(ancestor)!r} is a file"
+        elif not os.access(ancestor, os.W_OK | os.X_OK):
+            problem = f"{str(ancestor)!r} is not writable"
+        elif create:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                problem = exc.strerror or type(exc).__name__
+    if problem:
+        raise UserError(f"Cannot create the folder {str(run_dir)!r} ({problem}); give {option} a writable folder.")
+
+
 def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | None:
     manifest = run_dir / "run.json"
     if not manifest.is_file():
@@ -272,7 +296,9 @@ def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | No
     try:
         previous = read_json(manifest)
     except (OSError, ValueError):
-        raise UserError(f"{manifest} is unreadable; choose a new --run-dir or delete that folder.") from None
+        previous = None
+    if not isinstance(previous, dict) or not isinstance(previous.get("config", {}), dict):
+        raise UserError(f"{manifest} is unreadable; choose a new --run-dir or delete that folder.")
     if previous.get("task_fingerprint") != task.fingerprint or previous.get("task") != task.name:
         raise UserError(
             f"Run directory {str(run_dir)!r} holds a run of task {previous.get('task')!r} with other weights or data; "
@@ -280,12 +306,12 @@ def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | No
         )
     if previous.get("config", {}).get("batch_size", 0) != config.batch_size:
         raise UserError(
-            f"Run directory {str(run_dir)!r} was searched at --batch-size {previous['config'].get('batch_size', 0) or 'of the task'}, "
+            f"Run directory {str(run_dir)!r} was searched at --batch-size {previous.get('config', {}).get('batch_size', 0) or 'of the task'}, "
             f"not {config.batch_size or 'of the task'}; use a new --run-dir for another batch size."
         )
     if previous.get("config", {}).get("latency_budget") != config.latency_budget:
         raise UserError(
-            f"Run directory {str(run_dir)!r} was searched with budget {previous['config'].get('latency_budget')!r}, "
+            f"Run directory {str(run_dir)!r} was searched with budget {previous.get('config', {}).get('latency_budget')!r}, "
             f"not {config.latency_budget!r}; use a new --run-dir for another budget."
         )
     return previous
@@ -369,18 +395,19 @@ def run_search(
 
         check_reachable(config.ray)  # before minutes of measuring
     run_dir = Path(config.run_dir)
+    make_folder(run_dir, create=False)  # before the task loads, which can take minutes
     t_start = time.perf_counter()
     torch.manual_seed(config.seed)
 
     # 1. Task, inventory, space, target.
     task = (task or load_task(config.task)).at_batch(config.batch_size)
     previous = _check_run_dir(run_dir, task, config)
+    make_folder(run_dir)
     distill_config = task_distill_config(task, config)
     bench = open_workbench(
         task, config.space, config.threads, run_dir / "latency_table.json", config.share_table, config.allow_other_profile,
         config.calibration_batches, config.backend,
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
     inventory, space, backend, table = bench.inventory, bench.space, bench.backend, bench.table
     console.print(
         f"[bold]{task.name}[/]: {len(inventory.layers)} layers in {len(inventory.groups)} coupling groups, "
@@ -406,6 +433,9 @@ def run_search(
         f"({backend.name}, {config.threads} thread(s), batch {example[0].shape[0]})"
     )
     console.print(f"Latency budget: [bold]{budget_ms:.3f} ms[/] ({config.latency_budget})")
+    if budget_ms >= baseline_ms:
+        console.print(f"[yellow]The original model already meets this budget ({baseline_ms:.3f} ms); the search still looks for "
+                      "smaller candidates under it. For a faster model, give a budget below that, such as 0.5x.[/]")
     sign = 1.0 if task.higher_is_better else -1.0
     metric_floor = None if config.max_metric_drop is None else baseline_metric - sign * config.max_metric_drop
     if metric_floor is not None:
@@ -625,12 +655,45 @@ def run_search(
     return result
 
 
-def _load_trials(run_dir: Path) -> tuple[Any, list[dict]]:
+# What reading a search's run.json back relies on (report, export), and each value's type.
+_RUN_RECORD = {"task": str, "task_spec": str, "task_fingerprint": str, "config": dict, "metric_name": str, "higher_is_better": bool,
+               "baseline": dict, "budget_ms": (int, float), "profile": dict}
+
+
+def read_run_record(run_dir: Path) -> dict:
+    """A search's run.json, checked for what reading it back relies on: a one-line error
+    naming the file when it is unreadable or incomplete."""
+    path = run_dir / "run.json"
+    try:
+        manifest = read_json(path)
+        problem = None if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}, not an object"
+    except (OSError, ValueError) as exc:
+        manifest, problem = None, type(exc).__name__
+    if problem is None:
+        bad = [k for k, kind in _RUN_RECORD.items() if not isinstance(manifest.get(k), kind)]
+        problem = f"no valid {bad[0]!r}" if bad else None
+    if problem is not None:
+        raise UserError(f"{str(path)!r} is unreadable or incomplete ({problem}); it is no search's record: search again with a new --run-dir.")
+    return manifest
+
+
+def open_study(run_dir: Path):
+    """The run's Optuna study, or a one-line error when study.db is not one."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
-    study = optuna.load_study(study_name="autocompress", storage=storage)
+    try:
+        return optuna.load_study(study_name="autocompress", storage=storage)
+    except Exception as exc:  # SQLAlchemy's DatabaseError, optuna's KeyError for a store without the study, and kin
+        raise UserError(
+            f"The trial store {str(run_dir / 'study.db')!r} is unreadable or corrupted, or holds no search "
+            f"({type(exc).__name__}); search again with a new --run-dir."
+        ) from None
+
+
+def _load_trials(run_dir: Path) -> tuple[Any, list[dict]]:
+    study = open_study(run_dir)
     trials = []
     for t in study.get_trials(deepcopy=False):
         a = dict(t.user_attrs)
@@ -697,7 +760,7 @@ def finalize_run(
     Engines are re-timed from their files interleaved with ``original``; a backend that
     runs PyTorch modules (``needs_module``) cannot load them, and its front keeps the
     latency measured in the trial, compared with the baseline measured at the start."""
-    manifest = read_json(run_dir / "run.json")
+    manifest = read_run_record(run_dir)
     _, trials = _load_trials(run_dir)
     budget_ms = manifest["budget_ms"]
     higher = manifest["higher_is_better"]

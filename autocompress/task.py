@@ -138,14 +138,20 @@ def load_task(spec: str, batch_size: int = 0) -> Task:
 def _build_task(spec: str) -> Task:
     if spec in BUILTIN_TASKS:
         return BUILTIN_TASKS[spec]()
+    if ":" not in spec and spec.endswith(".py"):
+        raise UserError(f"--task {spec!r} names a file but no function; add it: '{spec}:build'.")
     if ":" not in spec:
         raise UserError(
             f"Unknown task {spec!r}: use a built-in task ({', '.join(sorted(BUILTIN_TASKS))}), "
             "'path/to/file.py:build' or 'package.module:build'."
         )
     where, func_name = spec.rsplit(":", 1)
+    if not where.strip() or not func_name.strip():
+        raise UserError(f"--task {spec!r} names no module, file or function; use 'path/to/file.py:build' or 'package.module:build'.")
     if where.endswith(".py") or "/" in where or "\\" in where:
         path = Path(where)
+        if path.is_dir():
+            raise UserError(f"Task file {str(path)!r} is a directory; --task must name a Python file, 'path/to/file.py:build'.")
         if not path.is_file():
             raise UserError(f"Task file {str(path)!r} does not exist; check the path in --task {spec!r}.")
         module_name = f"_autocompress_user_task_{abs(hash(str(path.resolve())))}"
@@ -154,7 +160,11 @@ def _build_task(spec: str) -> Task:
             raise UserError(f"Cannot import task file {str(path)!r}; it must be a Python source file.")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(module_name, None)
+            raise UserError(f"Task file {str(path)!r} failed to import ({_one_line(exc)}); fix the file.") from None
     else:
         try:
             module = importlib.import_module(where)
@@ -162,6 +172,8 @@ def _build_task(spec: str) -> Task:
             raise UserError(
                 f"Cannot import module {where!r} for --task {spec!r} ({exc}); install it or give a file path."
             ) from None
+        except Exception as exc:
+            raise UserError(f"Module {where!r} of --task {spec!r} failed to import ({_one_line(exc)}); fix the module.") from None
     build = getattr(module, func_name, None)
     if not callable(build):
         raise UserError(f"{where!r} has no function {func_name!r}; --task must name a function returning Task.")
@@ -170,11 +182,18 @@ def _build_task(spec: str) -> Task:
     except UserError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"The task function {spec!r} raised {type(exc).__name__}: {first}; fix the task's build function.") from None
+        raise UserError(f"The task function {spec!r} raised {_one_line(exc)}; fix the task's build function.") from None
     if not isinstance(task, Task):
         raise UserError(
             f"{spec!r} returned {type(task).__name__}, not autocompress.Task; "
             "return Task(name=..., model=..., example_inputs=..., ...)."
         )
     return task
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (with the line number of a syntax error)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, SyntaxError) and exc.lineno is not None:
+        text = f"{exc.msg}, line {exc.lineno}"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -189,3 +189,104 @@ def test_resume_refuses_an_option_it_cannot_check_against_the_record(recorded_ru
     monkeypatch.setattr(cli, "_RECORDED_OPTIONS", {k: v for k, v in cli._RECORDED_OPTIONS.items() if k != "importance"})
     line = error_line(capsys, ["search", "--resume", str(recorded_run), "--importance", "l2"])
     assert "--importance cannot be combined with --resume" in line
+
+
+# -- damaged files and unusable paths: each named, before minutes of work where it can be ----------
+
+
+def test_a_task_file_that_fails_to_import_names_the_file_and_the_line(tmp_path, capsys):
+    broken = tmp_path / "broken.py"
+    broken.write_text("def build(:\n")
+    line = error_line(capsys, search(tmp_path / "run", f"{broken}:build"))
+    assert f"Task file '{broken}' failed to import (SyntaxError: invalid syntax, line 1); fix the file." in line
+    raising = tmp_path / "raising.py"
+    raising.write_text("raise RuntimeError('boom at import')\n")
+    assert "failed to import (RuntimeError: boom at import)" in error_line(capsys, search(tmp_path / "run", f"{raising}:build"))
+
+
+@pytest.mark.parametrize(("spec", "needle"), [(":build", "names no module, file or function"),
+                                              ("model.py", "names a file but no function; add it: 'model.py:build'")])
+def test_a_task_spec_without_a_module_or_a_function_says_how_to_write_one(tmp_path, capsys, spec, needle):
+    assert needle in error_line(capsys, search(tmp_path / "run", spec))
+
+
+def test_a_run_dir_that_cannot_be_created_is_refused_before_the_task_loads(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    # The task file does not exist: the run directory is checked first.
+    for run_dir, why in ((a_file, "a file is there"), (a_file / "sub", f"{str(a_file)!r} is a file")):
+        line = error_line(capsys, search(run_dir, f"{tmp_path / 'missing.py'}:build"))
+        assert f"Cannot create the folder {str(run_dir)!r} ({why}); give --run-dir a writable folder." in line
+
+
+def test_a_run_json_that_is_not_an_object_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text("[1, 2]")
+    assert "run.json is unreadable; choose a new --run-dir" in error_line(capsys, search(run_dir))
+
+
+def test_lut_commands_refuse_a_damaged_table_or_a_directory_before_measuring(tmp_path, capsys):
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"schema": 1, "profile": {}, "entries": {"conv|o8": {"median_us": 2.0}},
+                                 "calibrations": {"m": {"raw_version": 5}}}))
+    line = error_line(capsys, ["lut", "show", "--table", str(table)])
+    assert "is unreadable or corrupted (a calibration without its scale and offset); delete it to re-measure." in line
+    # A directory as --table: refused before the task (here a missing file) loads.
+    for command in ("build", "validate"):
+        line = error_line(capsys, ["lut", command, "--table", str(tmp_path), "--task", f"{tmp_path / 'missing.py'}:build"])
+        assert f"Latency table path {str(tmp_path)!r} is a directory; give a .json file path." in line
+
+
+def test_lut_build_and_validate_take_allow_other_profile_as_the_refusal_suggests():
+    for command in ("build", "validate"):
+        assert cli.build_parser().parse_args(["lut", command, "--allow-other-profile"]).allow_other_profile
+
+
+def _run_record(run_dir: Path) -> None:
+    """run.json as a finished search writes it, for the plain task on this machine."""
+    from dataclasses import asdict
+
+    from autocompress.latency_lut import OrtCpuBackend
+    from autocompress.study import SearchConfig
+
+    config = SearchConfig(task=PLAIN, latency_budget="10ms", trials=1, run_dir=str(run_dir))
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({
+        "task": "exported-plainly", "task_spec": PLAIN, "task_fingerprint": "exported-plainly-v1", "config": asdict(config),
+        "metric_name": "accuracy", "higher_is_better": True, "baseline": {"latency_ms": 0.01, "metric": 0.5}, "budget_ms": 10.0,
+        "profile": OrtCpuBackend().profile()}))
+
+
+def test_report_and_export_name_a_damaged_run_record_or_trial_store(tmp_path, capsys):
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    (incomplete / "run.json").write_text("{}")
+    (incomplete / "study.db").write_bytes(b"")
+    for argv in (["report", str(incomplete)], ["export", str(incomplete), "--trial", "0"]):
+        assert "run.json' is unreadable or incomplete (no valid 'task')" in error_line(capsys, argv)
+    garbage = tmp_path / "garbage"
+    _run_record(garbage)
+    (garbage / "study.db").write_bytes(b"not a database" * 10)
+    for argv in (["report", str(garbage)], ["export", str(garbage), "--trial", "0"]):
+        line = error_line(capsys, argv)
+        assert "study.db' is unreadable or corrupted, or holds no search" in line and "new --run-dir" in line
+
+
+def test_runs_list_skips_and_runs_show_names_damaged_records(tmp_path, capsys):
+    root = tmp_path / "runs"
+    (root / "odd").mkdir(parents=True)
+    (root / "odd" / "run.json").write_text("[1]")
+    assert cli.main(["runs", "list", "--root", str(root)]) == 0
+    assert "No run directories" in capsys.readouterr().out
+    (root / "odd" / "run.json").write_text("{}")
+    (root / "odd" / "pareto.json").write_text("{}")
+    assert "pareto.json' is unreadable; rebuild it with `autocompress report" in error_line(capsys, ["runs", "show", str(root / "odd")])
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--ray-address", "local", "--workers", "0"], "--workers must be at least 1, but got 0."),
+    (["--ray-max-failures", "3"], "--workers, --ray-max-failures and --early-stop apply to Ray sweeps; add --ray-address"),
+])
+def test_ray_options_are_checked_not_ignored(tmp_path, capsys, extra, needle):
+    assert needle in error_line(capsys, search(tmp_path / "run", PLAIN, *extra))

@@ -257,6 +257,13 @@ def test_other_profile_refused(saved_table, tmp_path, backend):
         '{"schema": 99, "profile": {}, "entries": {}}',
         '{"schema": 1, "profile": {}, "entries": []}',
         b"\xff\xfe\x00binary",
+        # Valid JSON of the wrong shape: every use of the table would fail later, mid-search.
+        '{"schema": 1, "profile": "a string", "entries": {}}',
+        '{"schema": 1, "profile": {}, "entries": {"conv|1x8x8x8|o8": {}}}',
+        '{"schema": 1, "profile": {}, "entries": {"conv|1x8x8x8|o8": {"median_us": "fast"}}}',
+        '{"schema": 1, "profile": {}, "entries": {}, "calibrations": [1]}',
+        '{"schema": 1, "profile": {}, "entries": {}, "calibrations": {"m": {"raw_version": 5}}}',
+        '{"schema": 1, "profile": {}, "entries": {}, "calibrations": {"m": {"scale": 1, "offset_us": 0, "points": [{"raw_us": 1}]}}}',
     ],
 )
 def test_corrupted_table_raises_user_error(saved_table, tmp_path, backend, content):

@@ -62,7 +62,10 @@ def _read_checkpoint(path: Path | str) -> dict:
             f"No fine-tuned weights at {str(path)!r} (deleted at the end of the run, or a run older than checkpoints); "
             "re-run the search or export a front member."
         )
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: pickle, zip and torch's own errors
+        raise UserError(f"{str(path)!r} is unreadable as a checkpoint ({type(exc).__name__}); re-run the search to fine-tune it again.") from None
     if not isinstance(data, dict) or data.get("schema") != CHECKPOINT_SCHEMA or "state_dict" not in data:
         raise UserError(f"{str(path)!r} is not a candidate checkpoint of schema {CHECKPOINT_SCHEMA}; re-run the search.")
     return data
@@ -70,7 +73,11 @@ def _read_checkpoint(path: Path | str) -> dict:
 
 def load_candidate_weights(candidate: nn.Module, path: Path | str) -> nn.Module:
     """Load a checkpoint into ``candidate`` (rebuilt from the same policy): every tensor must match."""
-    candidate.load_state_dict(_read_checkpoint(path)["state_dict"], strict=True)
+    try:
+        candidate.load_state_dict(_read_checkpoint(path)["state_dict"], strict=True)
+    except RuntimeError as exc:  # missing, unexpected or reshaped tensors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"{str(path)!r} does not fit the trial's policy ({first[:160]}); it belongs to another run or trial.") from None
     return candidate.eval()
 
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 
-from autocompress._io import read_json
 from autocompress.errors import UserError
 from autocompress.export._artifacts import candidate_path, file_sha256, load_candidate_weights, transfer_weights, write_sidecar
 from autocompress.spaces import Policy
@@ -50,10 +49,9 @@ def retarget_float_layers(policy: Policy, layers: list[str], bits: int) -> Polic
 
 
 def _trial_attrs(run_dir: Path, trial: int) -> dict:
-    import optuna
+    from autocompress.study import open_study
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{(run_dir / 'study.db').resolve()}")
+    study = open_study(run_dir)
     numbers = {t.number: t for t in study.get_trials(deepcopy=False)}
     if trial not in numbers:
         raise UserError(f"Run {str(run_dir)!r} has no trial {trial}; its trials are 0..{max(numbers, default=-1)}.")
@@ -76,7 +74,7 @@ def export_trial(
     from autocompress.inventory import build_inventory
     from autocompress.latency_lut import backend_for_profile
     from autocompress.spaces import SpaceConfig
-    from autocompress.study import _versions
+    from autocompress.study import _versions, make_folder, read_run_record
     from autocompress.task import as_input_tuple, load_task
 
     run_dir = Path(run_dir)
@@ -90,7 +88,7 @@ def export_trial(
         from autocompress.export._tensorrt import require_tensorrt
 
         require_tensorrt()
-    manifest = read_json(run_dir / "run.json")
+    manifest = read_run_record(run_dir)
     attrs = _trial_attrs(run_dir, trial)
     checkpoint = candidate_path(run_dir, trial)
     if not checkpoint.is_file():
@@ -98,6 +96,8 @@ def export_trial(
             f"Trial {trial} has no fine-tuned weights in {str(checkpoint.parent)!r} (off the front and deleted at the end of the run); "
             "export a front member (`autocompress runs show`)."
         )
+    out = Path(out_dir) if out_dir is not None else run_dir / "exports"
+    make_folder(out, option="--out")  # before the rebuild and any fine-tuning
 
     config = manifest["config"]
     task = load_task(manifest["task_spec"], config.get("batch_size", 0))
@@ -131,7 +131,6 @@ def export_trial(
         finetune.update(metric_before=before, metric_after=evaluate(candidate, task.eval_loader, task.metric),
                         final_loss=losses[-1] if losses else None, seconds=time.perf_counter() - t0)
 
-    out = Path(out_dir) if out_dir is not None else run_dir / "exports"
     profile = manifest["profile"]
     backend = backend_for_profile(profile, int(task.example_inputs[0].shape[0]))  # timed as the search timed it
     onnx_path = out / f"trial-{trial:04d}{_SUFFIX[fmt] if fmt != 'tensorrt' else '.trt.onnx'}"

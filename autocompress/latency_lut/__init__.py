@@ -16,7 +16,7 @@ from autocompress.latency_lut._factory import (
 )
 from autocompress.latency_lut._onnx import OPSET, feeds_for, input_names, to_onnx_bytes
 from autocompress.latency_lut._ort import OrtBackend, OrtCpuBackend, OrtCudaBackend, OrtTensorrtBackend
-from autocompress.latency_lut._table import Calibration, LatencyTable, LayerChoiceShape, effective_layers
+from autocompress.latency_lut._table import Calibration, LatencyTable, LayerChoiceShape, check_table_path, effective_layers, read_table_file
 from autocompress.latency_lut._tensorrt import TensorRTBackend
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
 from autocompress.latency_lut._validate import FidelityReport, fidelity, validate
@@ -43,6 +43,7 @@ __all__ = [
     "TorchCudaBackend",
     "backend_missing",
     "check_backend_name",
+    "check_table_path",
     "cpu_description",
     "effective_layers",
     "feeds_for",
@@ -51,6 +52,7 @@ __all__ = [
     "backend_for_profile",
     "make_backend",
     "profile_id",
+    "read_table_file",
     "to_onnx_bytes",
     "validate",
 ]

@@ -40,6 +40,7 @@ from autocompress.spaces import Policy, SearchSpace, kept_for
 __all__ = [
     "Calibration", "ElementwiseChoiceShape", "JunctionShape", "LatencyTable", "LayerChoiceShape", "effective_elementwise",
     "calibration_policies", "effective_bits", "effective_layers", "add_precisions", "junction_groups", "runs_as_int8",
+    "check_table_path", "read_table_file",
 ]
 
 SCHEMA = 1
@@ -530,6 +531,7 @@ class LatencyTable:
     def open(
         cls, path: Path, backend: LatencyBackend, shared_path: Path | None = None, allow_other_profile: bool = False, channel_multiple: int = 8
     ) -> "LatencyTable":
+        check_table_path(Path(path))
         table = cls(path, backend, shared_path, channel_multiple)
         if table.shared_path is not None and table.shared_path.is_file():
             table._merge(table.shared_path, allow_other_profile=True, take_calibrations=False)
@@ -538,19 +540,12 @@ class LatencyTable:
         return table
 
     def _merge(self, path: Path, allow_other_profile: bool, take_calibrations: bool) -> None:
-        try:
-            data = json.loads(path.read_text())
-            if data.get("schema") != SCHEMA or not isinstance(data.get("entries"), dict):
-                raise ValueError(f"schema {data.get('schema')!r}")
-        except (OSError, ValueError, AttributeError) as exc:
-            raise UserError(
-                f"Latency table {str(path)!r} is unreadable or corrupted ({exc}); delete it to re-measure."
-            ) from None
+        data = read_table_file(path)
         if data.get("profile") != self.profile:
             if not allow_other_profile:
                 raise UserError(
                     f"Latency table {str(path)!r} was measured on another target ({_profile_diff(data.get('profile') or {}, self.profile)}); "
-                    "delete it, use another run directory, or pass --allow-other-profile to reuse it on purpose."
+                    "delete it, give another table (--table; --run-dir for a search), or pass --allow-other-profile to reuse it on purpose."
                 )
             if path == self.shared_path:
                 return  # a shared table of another profile is simply not used
@@ -875,6 +870,48 @@ def calibration_policies(space: SearchSpace, n_random: int = 8, seed: int = 0, e
     `lut validate --seed`, which must be unseen)."""
     rng = random.Random(f"calibration-{seed}")
     return [space.baseline(), space.extreme(), *extra, *(space.sample(rng) for _ in range(n_random))]
+
+
+def check_table_path(path: Path) -> None:
+    """A one-line error, before any measuring, when a table cannot be written at ``path``."""
+    if path.is_dir():
+        raise UserError(f"Latency table path {str(path)!r} is a directory; give a .json file path.")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"Latency table path {str(path)!r} is under {str(parent)!r}, a file; give a .json file path in a folder.")
+
+
+def read_table_file(path: Path) -> dict:
+    """A table file's contents, checked for what reading it relies on: a one-line error
+    naming the file when it is unreadable or not a table of this version."""
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, not an object")
+        if data.get("schema") != SCHEMA:
+            raise ValueError(f"schema {data.get('schema')!r}, not {SCHEMA}")
+        if not isinstance(data.get("profile"), dict):
+            raise ValueError("no target profile")
+        entries = data.get("entries")
+        if not isinstance(entries, dict) or not all(
+                isinstance(e, dict) and isinstance(e.get("median_us"), (int, float)) for e in entries.values()):
+            raise ValueError("entries without a median")
+        calibrations = data.get("calibrations") or {}
+        if not isinstance(calibrations, dict) or not all(
+                isinstance(c, dict) and all(isinstance(c.get(k), (int, float)) for k in ("scale", "offset_us"))
+                and isinstance(c.get("points", []), list) and isinstance(c.get("parts_offset_us", 0.0), (int, float))
+                and isinstance(c.get("part_scales") or {}, dict)
+                and all(isinstance(v, (int, float)) for v in (c.get("part_scales") or {}).values())
+                for c in calibrations.values()):
+            raise ValueError("a calibration without its scale and offset")
+        if not all(isinstance(p, dict) and all(isinstance(p.get(k), (int, float)) for k in ("raw_us", "measured_us"))
+                   and isinstance(p.get("parts", {}), dict) for c in calibrations.values() for p in c.get("points", [])):
+            raise ValueError("a calibration point without its sum and measurement")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"Latency table {str(path)!r} is unreadable or corrupted ({exc}); delete it to re-measure.") from None
+    return data
 
 
 def _profile_diff(a: Mapping, b: Mapping) -> str:

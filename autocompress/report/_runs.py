@@ -27,6 +27,8 @@ class RunRow:
 
 
 def _target(profile: dict) -> str:
+    if not isinstance(profile, dict):
+        return "?"
     device = profile.get("device") or profile.get("cpu") or "?"
     return f"{profile.get('runtime', '?')} {profile.get('runtime_version', '')} {device} x{profile.get('threads', '?')}".replace("  ", " ")
 
@@ -36,22 +38,27 @@ def _row(run_dir: Path) -> RunRow | None:
         manifest = read_json(run_dir / "run.json")
     except (OSError, ValueError):
         return None
+    if not isinstance(manifest, dict):
+        return None
     pareto = None
     if (run_dir / "pareto.json").is_file():
         try:
-            pareto = read_json(run_dir / "pareto.json")
-        except (OSError, ValueError):
+            pareto = load_front(run_dir)
+        except UserError:
             pareto = None
     best = trials = None
     if pareto is not None:
         sign = 1.0 if pareto.get("higher_is_better", True) else -1.0
-        verified = [m["metric"] for m in pareto.get("members", []) if m.get("verified", m.get("engine", {}).get("ok", True))]
+        verified = [m["metric"] for m in pareto["members"]
+                    if isinstance(m.get("metric"), (int, float)) and m.get("verified", (m.get("engine") or {}).get("ok", True))]
         best = max(verified, key=lambda v: sign * v) if verified else None
-        trials = pareto.get("counts", {}).get("completed")
-    config = manifest.get("config", {})
+        counts = pareto.get("counts")
+        trials = counts.get("completed") if isinstance(counts, dict) else None
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    budget_ms = manifest.get("budget_ms") if isinstance(manifest.get("budget_ms"), (int, float)) else None
     return RunRow(
         path=str(run_dir), task=str(manifest.get("task", "?")), target=_target(manifest.get("profile") or {}),
-        budget=str(config.get("latency_budget", "?")), budget_ms=manifest.get("budget_ms"), trials=trials, best_metric=best,
+        budget=str(config.get("latency_budget", "?")), budget_ms=budget_ms, trials=trials, best_metric=best,
         metric_name=str(manifest.get("metric_name", "metric")), created=str(manifest.get("created", "")),
     )
 
@@ -73,6 +80,11 @@ def load_front(run_dir: Path | str) -> dict:
     if not (run_dir / "pareto.json").is_file():
         raise UserError(f"Run {str(run_dir)!r} has no pareto.json yet; run `autocompress report {run_dir}` to build it.")
     try:
-        return read_json(run_dir / "pareto.json")
+        front = read_json(run_dir / "pareto.json")
     except (OSError, ValueError):
-        raise UserError(f"{str(run_dir / 'pareto.json')!r} is unreadable; rebuild it with `autocompress report {run_dir}`.") from None
+        front = None
+    if not (isinstance(front, dict) and isinstance(front.get("members"), list) and all(isinstance(m, dict) for m in front["members"])
+            and isinstance(front.get("baseline"), dict) and isinstance(front.get("metric_name"), str)
+            and isinstance(front.get("budget_ms"), (int, float))):
+        raise UserError(f"{str(run_dir / 'pareto.json')!r} is unreadable; rebuild it with `autocompress report {run_dir}`.")
+    return front

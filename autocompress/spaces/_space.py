@@ -88,7 +88,7 @@ class SpaceConfig:
             if d not in DECOMPOSITIONS:
                 raise ValueError(f"decompositions must be among {list(DECOMPOSITIONS)}, but got {d!r}.")
         if not self.prune_ratios or not self.bits or not self.rank_ratios or not self.decompositions:
-            raise ValueError("prune ratios, bits and rank ratios each need at least one value.")
+            raise ValueError("prune ratios, bits, rank ratios and decompositions each need at least one value.")
 
 
 @dataclass(frozen=True)
