@@ -39,7 +39,7 @@ def parse_budget(text: str) -> LatencyBudget:
         )
     value, unit = float(match.group(1)), match.group(2)
     if not math.isfinite(value) or value <= 0:
-        raise UserError(f"The latency budget must be positive, but got {text!r}; for example 0.5x or 2.5ms.")
+        raise UserError(f"The latency budget must be positive and finite, but got {text!r}; for example 0.5x or 2.5ms.")
     if unit == "x":
         if value > 1:
             raise UserError(f"A budget of {text!r} is above the original model's latency, so it needs no compression; use a fraction below 1x, such as 0.5x.")

@@ -225,6 +225,10 @@ def _resumed_config(args: argparse.Namespace):
     return replace(config, run_dir=str(run_dir), trials=trials)
 
 
+_DISTILL_FLAGS = {"steps": "--distill-steps", "temperature": "--temperature", "lr": "--lr", "bn_batches": "--bn-batches",
+                  "feature_weight": "--feature-weight"}
+
+
 def _search(args: argparse.Namespace) -> int:
     from autocompress.evaluators import DistillConfig
     from autocompress.study import SearchConfig, run_search
@@ -238,8 +242,11 @@ def _search(args: argparse.Namespace) -> int:
     try:
         distill = DistillConfig(steps=args.distill_steps, temperature=args.temperature, lr=args.lr if args.lr is not None else 0.01,
                                 feature_weight=args.feature_weight, bn_batches=args.bn_batches)
-    except ValueError as exc:
-        raise UserError(f"Invalid option: {exc}") from None
+    except ValueError as exc:  # named by the fields of DistillConfig: say the flags
+        message = str(exc)
+        for field, flag in _DISTILL_FLAGS.items():
+            message = message.replace(f"`{field}`", flag)
+        raise UserError(f"Invalid option: {message}") from None
     task_name = args.task if ":" not in args.task else Path(args.task.split(":")[0]).stem
     ray = None
     if args.ray_address is not None:
@@ -276,6 +283,8 @@ def _report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "run.json").is_file() or not (run_dir / "study.db").is_file():
         raise UserError(f"{str(run_dir)!r} is not a run directory (no run.json and study.db); give the --run-dir of a search.")
+    if not args.serve and (args.host, args.port) != ("127.0.0.1", 8000):
+        raise UserError("--host and --port apply with --serve; add --serve to serve the report, or drop them.")
     if args.serve and (run_dir / "report.html").is_file():
         return _serve(run_dir, args.host, args.port)
     manifest = read_run_record(run_dir)

@@ -54,14 +54,14 @@ class DistillConfig:
             raise ValueError(f"`bn_batches` must be >= 0, but got {self.bn_batches!r}.")
         if self.steps < 0:
             raise ValueError(f"`steps` must be >= 0, but got {self.steps!r}.")
-        if not self.temperature > 0:
-            raise ValueError(f"`temperature` must be > 0, but got {self.temperature!r}.")
-        if not self.lr > 0:
-            raise ValueError(f"`lr` must be > 0, but got {self.lr!r}.")
+        if not 0 < self.temperature < math.inf:
+            raise ValueError(f"`temperature` must be > 0 and finite, but got {self.temperature!r}.")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"`lr` must be > 0 and finite, but got {self.lr!r}.")
         if self.loss not in DISTILL_LOSSES:
             raise ValueError(f"`loss` must be one of {list(DISTILL_LOSSES)}, but got {self.loss!r}.")
-        if self.feature_weight < 0:
-            raise ValueError(f"`feature_weight` must be >= 0, but got {self.feature_weight!r}.")
+        if not 0 <= self.feature_weight < math.inf:
+            raise ValueError(f"`feature_weight` must be >= 0 and finite, but got {self.feature_weight!r}.")
         if self.optimizer not in DISTILL_OPTIMIZERS:
             raise ValueError(f"`optimizer` must be one of {list(DISTILL_OPTIMIZERS)}, but got {self.optimizer!r}.")
 
