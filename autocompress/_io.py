@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 
+from autocompress.errors import UserError
+
 __all__ = [
     "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_torch_save", "cache_dir", "load_cached_state_dict",
-    "read_json", "weights_digest",
+    "make_folder", "read_json", "weights_digest",
 ]
 
 
@@ -98,3 +100,28 @@ def weights_digest(model: torch.nn.Module) -> "hashlib._Hash":
     for tensor in model.state_dict().values():
         digest.update(tensor.detach().cpu().numpy().tobytes())
     return digest
+
+
+def make_folder(folder: Path, create: bool = True, option: str = "--run-dir") -> None:
+    """Create ``folder``, which ``option`` names (or with ``create=False`` only
+    check that it could be), with a one-line error when it cannot be."""
+    problem = None
+    if folder.exists() and not folder.is_dir():
+        problem = "a file is there"
+    else:
+        ancestor = folder
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            problem = f"{str(ancestor)!r} is a file"
+        elif not os.access(ancestor, os.W_OK | os.X_OK):
+            problem = f"{str(ancestor)!r} is not writable"
+            if ancestor == folder:
+                raise UserError(f"The folder {str(folder)!r} is not writable; give {option} a writable folder.")
+        elif create:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                problem = exc.strerror or type(exc).__name__
+    if problem:
+        raise UserError(f"Cannot create the folder {str(folder)!r} ({problem}); give {option} a writable folder.")

@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild a run's pareto.json and report.html from its trial store")
     r.add_argument("run_dir")
     r.add_argument("--serve", action="store_true", help="serve the run directory over HTTP (builds the report first if missing)")
-    r.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
-    r.add_argument("--port", type=int, default=8000, help="port to serve on (default 8000; 0 picks a free one)")
+    r.add_argument("--host", default=None, help="with --serve: address to serve on (default 127.0.0.1)")
+    r.add_argument("--port", type=int, default=None, help="with --serve: port to serve on (default 8000; 0 picks a free one)")
 
     e = sub.add_parser("export", help="export one trial of a run as a verified engine with a JSON sidecar")
     e.add_argument("run_dir")
@@ -278,27 +278,23 @@ def _console():
 
 def _report(args: argparse.Namespace) -> int:
     from autocompress.latency_lut import Measurable, backend_for_profile
-    from autocompress.study import finalize_run, read_run_record
+    from autocompress.study import finalize_run, load_recorded_task, read_run_record
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "run.json").is_file() or not (run_dir / "study.db").is_file():
         raise UserError(f"{str(run_dir)!r} is not a run directory (no run.json and study.db); give the --run-dir of a search.")
-    if not args.serve and (args.host, args.port) != ("127.0.0.1", 8000):
+    if not args.serve and (args.host is not None or args.port is not None):
         raise UserError("--host and --port apply with --serve; add --serve to serve the report, or drop them.")
+    host, port = args.host or "127.0.0.1", 8000 if args.port is None else args.port
     if args.serve and (run_dir / "report.html").is_file():
-        return _serve(run_dir, args.host, args.port)
+        return _serve(run_dir, host, port)
     manifest = read_run_record(run_dir)
-    from autocompress.task import load_task
-
-    try:
-        task = load_task(manifest["task_spec"], manifest["config"].get("batch_size", 0))
-    except UserError as exc:
-        raise UserError(f"The run's recorded task {manifest['task_spec']!r} does not load: {exc}") from None
+    task = load_recorded_task(manifest)
     profile = manifest["profile"]
     backend = backend_for_profile(profile, int(task.example_inputs[0].shape[0]))
     original = Measurable.from_module(task.model, task.example_inputs, dynamic_batch=True)
     finalize_run(run_dir, manifest["metric_name"], _console(), backend, original)
-    return _serve(run_dir, args.host, args.port) if args.serve else 0
+    return _serve(run_dir, host, port) if args.serve else 0
 
 
 def _serve(run_dir: Path, host: str, port: int) -> int:
@@ -374,7 +370,7 @@ def _lut(args: argparse.Namespace) -> int:
 
     from rich.progress import Progress
 
-    from autocompress.latency_lut import check_backend_name, check_table_path
+    from autocompress.latency_lut import check_backend_name, check_table_path, read_table_file
     from autocompress.study import open_workbench
     from autocompress.task import load_task
 
@@ -390,6 +386,8 @@ def _lut(args: argparse.Namespace) -> int:
         raise UserError(f"--threads must be at least 1, but got {args.threads}.")
     if args.table:
         check_table_path(Path(args.table))
+        if Path(args.table).is_file():
+            read_table_file(Path(args.table))  # a damaged table is named now, not after the task loads
     task = load_task(args.task, args.batch_size)
     path = _table_path(args, int(task.example_inputs[0].shape[0]))
     bench = open_workbench(task, _space_config(args), args.threads, path, shared_table=False,

@@ -8,7 +8,6 @@ and verify -> tell) -> Pareto front -> engines, pareto.json, report.html.
 from __future__ import annotations
 
 import math
-import os
 import platform
 import sys
 import time
@@ -24,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from autocompress import compress
-from autocompress._io import atomic_write_json, read_json
+from autocompress._io import atomic_write_json, make_folder, read_json
 from autocompress._phases import enter_phase
 from autocompress.budget import parse_budget
 from autocompress.errors import UserError
@@ -266,29 +265,6 @@ def _summarize_policy(policy: Policy, n_layers: int) -> str:
     return f"{bits or 'fp32'}, prune {len(pruned)}g~{mean:.0%}, rank {len(policy.rank)}{tucker}"
 
 
-def make_folder(run_dir: Path, create: bool = True, option: str = "--run-dir") -> None:
-    """Create the folder ``run_dir`` that ``option`` names (or with ``create=False`` only
-    check that it could be), with a one-line error when it cannot be."""
-    problem = None
-    if run_dir.exists() and not run_dir.is_dir():
-        problem = "a file is there"
-    else:
-        ancestor = run_dir
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            problem = f"{str(ancestor)!r} is a file"
-        elif not os.access(ancestor, os.W_OK | os.X_OK):
-            problem = f"{str(ancestor)!r} is not writable"
-        elif create:
-            try:
-                run_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                problem = exc.strerror or type(exc).__name__
-    if problem:
-        raise UserError(f"Cannot create the folder {str(run_dir)!r} ({problem}); give {option} a writable folder.")
-
-
 def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | None:
     manifest = run_dir / "run.json"
     if not manifest.is_file():
@@ -402,12 +378,12 @@ def run_search(
     # 1. Task, inventory, space, target.
     task = (task or load_task(config.task)).at_batch(config.batch_size)
     previous = _check_run_dir(run_dir, task, config)
-    make_folder(run_dir)
     distill_config = task_distill_config(task, config)
     bench = open_workbench(
         task, config.space, config.threads, run_dir / "latency_table.json", config.share_table, config.allow_other_profile,
         config.calibration_batches, config.backend,
     )
+    make_folder(run_dir)
     inventory, space, backend, table = bench.inventory, bench.space, bench.backend, bench.table
     console.print(
         f"[bold]{task.name}[/]: {len(inventory.layers)} layers in {len(inventory.groups)} coupling groups, "
@@ -502,10 +478,7 @@ def run_search(
     except Exception as exc:  # SQLAlchemy's DatabaseError and kin: the file is not a whole SQLite database
         if not (run_dir / "study.db").is_file():
             raise
-        raise UserError(
-            f"The trial store {str(run_dir / 'study.db')!r} is unreadable or corrupted ({type(exc).__name__}); "
-            "move it away to search again in this folder, or use a new --run-dir."
-        ) from None
+        raise trial_store_error(run_dir, exc) from None
     interrupted = searcher.abandon_running(retry=True)
     repair = BudgetRepair(space, lambda p: table.predict_us(inventory, p), WeightL1Importance(task.model, inventory, space)) if config.repair else None
     if not searcher.study.get_trials(deepcopy=False):
@@ -655,8 +628,9 @@ def run_search(
     return result
 
 
-# What reading a search's run.json back relies on (report, export), and each value's type.
-_RUN_RECORD = {"task": str, "task_spec": str, "task_fingerprint": str, "config": dict, "metric_name": str, "higher_is_better": bool,
+# What reading a search's run.json back relies on (report, export): each key's type, or
+# object for a value only recorded and shown.
+_RUN_RECORD = {"task": object, "task_spec": str, "config": dict, "metric_name": object, "higher_is_better": object,
                "baseline": dict, "budget_ms": (int, float), "profile": dict}
 
 
@@ -666,15 +640,44 @@ def read_run_record(run_dir: Path) -> dict:
     path = run_dir / "run.json"
     try:
         manifest = read_json(path)
-        problem = None if isinstance(manifest, dict) else f"a JSON {type(manifest).__name__}, not an object"
     except (OSError, ValueError) as exc:
-        manifest, problem = None, type(exc).__name__
-    if problem is None:
-        bad = [k for k, kind in _RUN_RECORD.items() if not isinstance(manifest.get(k), kind)]
-        problem = f"no valid {bad[0]!r}" if bad else None
-    if problem is not None:
-        raise UserError(f"{str(path)!r} is unreadable or incomplete ({problem}); it is no search's record: search again with a new --run-dir.")
+        raise UserError(f"{str(path)!r} is unreadable ({type(exc).__name__}); restore it from a copy, or search again "
+                        "with a new --run-dir.") from None
+    bad = ["an object"] if not isinstance(manifest, dict) else [
+        repr(k) for k, kind in _RUN_RECORD.items() if k not in manifest or not isinstance(manifest[k], kind)]
+    if bad:
+        raise UserError(f"{str(path)!r} is not a search's record (it lacks a valid {bad[0]}); give the --run-dir of a search, "
+                        "or restore the file from a copy.")
     return manifest
+
+
+def load_recorded_task(manifest: Mapping) -> Task:
+    """The task a run recorded, at the run's batch size; a one-line error saying it is the
+    recorded task that does not load."""
+    try:
+        return load_task(manifest["task_spec"], manifest["config"].get("batch_size", 0))
+    except UserError as exc:
+        raise UserError(f"The run's recorded task {manifest['task_spec']!r} does not load: {exc}") from None
+
+
+def trial_store_error(run_dir: Path, exc: BaseException) -> UserError:
+    """The one-line error for a study.db that Optuna cannot open, with optuna's or SQLite's
+    own reason: a locked or older-version store keeps its trials, a damaged one does not."""
+    path = str(run_dir / "study.db")
+    reason = _one_line_reason(exc)
+    text = reason.lower()
+    if "locked" in text:
+        fix = "another process is using it; wait for it to finish, then run the command again"
+    elif "upgrade" in text or "schema" in text or "version" in text:
+        fix = "it was written by another Optuna version; run `optuna storage upgrade` on it, or use that version"
+    else:
+        fix = "it is damaged or holds no search: move it away to search again in this folder, or use a new --run-dir"
+    return UserError(f"The trial store {path!r} cannot be opened ({reason}); {fix}.")
+
+
+def _one_line_reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def open_study(run_dir: Path):
@@ -686,10 +689,7 @@ def open_study(run_dir: Path):
     try:
         return optuna.load_study(study_name="autocompress", storage=storage)
     except Exception as exc:  # SQLAlchemy's DatabaseError, optuna's KeyError for a store without the study, and kin
-        raise UserError(
-            f"The trial store {str(run_dir / 'study.db')!r} is unreadable or corrupted, or holds no search "
-            f"({type(exc).__name__}); search again with a new --run-dir."
-        ) from None
+        raise trial_store_error(run_dir, exc) from None
 
 
 def _load_trials(run_dir: Path) -> tuple[Any, list[dict]]:

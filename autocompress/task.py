@@ -70,6 +70,14 @@ class Task:
     feature_layers: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        for attr, kind in (("name", str), ("metric_name", str), ("fingerprint", str), ("higher_is_better", bool)):
+            if not isinstance(getattr(self, attr), kind):
+                raise UserError(
+                    f"Task {self.name!r}: `{attr}` must be a {kind.__name__}, but got {type(getattr(self, attr)).__name__}; "
+                    "it is recorded with every run."
+                )
+        if self.distill_lr is not None and not (isinstance(self.distill_lr, (int, float)) and 0 < self.distill_lr < float("inf")):
+            raise UserError(f"Task {self.name!r}: `distill_lr` must be a positive number or None, but got {self.distill_lr!r}.")
         if not isinstance(self.model, nn.Module):
             raise UserError(
                 f"Task {self.name!r}: `model` must be a torch.nn.Module, but got "
@@ -164,7 +172,8 @@ def _build_task(spec: str) -> Task:
             module_spec.loader.exec_module(module)
         except Exception as exc:
             sys.modules.pop(module_name, None)
-            raise UserError(f"Task file {str(path)!r} failed to import ({_one_line(exc)}); fix the file.") from None
+            fix = "install the missing package" if isinstance(exc, ImportError) else "fix the file"
+            raise UserError(f"Task file {str(path)!r} failed to import ({_one_line(exc)}); {fix}.") from None
     else:
         try:
             module = importlib.import_module(where)
@@ -173,7 +182,8 @@ def _build_task(spec: str) -> Task:
                 f"Cannot import module {where!r} for --task {spec!r} ({exc}); install it or give a file path."
             ) from None
         except Exception as exc:
-            raise UserError(f"Module {where!r} of --task {spec!r} failed to import ({_one_line(exc)}); fix the module.") from None
+            fix = "install the missing package" if isinstance(exc, ImportError) else "fix the module"
+            raise UserError(f"Module {where!r} of --task {spec!r} failed to import ({_one_line(exc)}); {fix}.") from None
     build = getattr(module, func_name, None)
     if not callable(build):
         raise UserError(f"{where!r} has no function {func_name!r}; --task must name a function returning Task.")

@@ -175,7 +175,7 @@ def test_corrupted_trial_store_is_refused(tmp_path, capsys):
                                                   "config": asdict(config)}))
     (run_dir / "study.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 300)  # a header, then garbage
     line = error_line(capsys, search(run_dir, PLAIN, "--trials", "1", "--distill-steps", "1"))
-    assert "study.db' is unreadable or corrupted" in line and "new --run-dir" in line
+    assert "study.db' cannot be opened (" in line and "new --run-dir" in line
 
 
 def test_resume_accepts_the_same_task_file_spelled_another_way(recorded_run, monkeypatch):
@@ -227,15 +227,17 @@ def test_a_run_json_that_is_not_an_object_is_refused(tmp_path, capsys):
 
 
 def test_lut_commands_refuse_a_damaged_table_or_a_directory_before_measuring(tmp_path, capsys):
+    from autocompress.latency_lut._table import RAW_VERSION
+
     table = tmp_path / "table.json"
     table.write_text(json.dumps({"schema": 1, "profile": {}, "entries": {"conv|o8": {"median_us": 2.0}},
-                                 "calibrations": {"m": {"raw_version": 5}}}))
+                                 "calibrations": {"m": {"raw_version": RAW_VERSION}}}))
     line = error_line(capsys, ["lut", "show", "--table", str(table)])
     assert "is unreadable or corrupted (a calibration without its scale and offset); delete it to re-measure." in line
     # A directory as --table: refused before the task (here a missing file) loads.
     for command in ("build", "validate"):
         line = error_line(capsys, ["lut", command, "--table", str(tmp_path), "--task", f"{tmp_path / 'missing.py'}:build"])
-        assert f"Latency table path {str(tmp_path)!r} is a directory; give a .json file path." in line
+        assert f"Latency table path {str(tmp_path)!r} is a directory; give --table a .json file path." in line
 
 
 def test_lut_build_and_validate_take_allow_other_profile_as_the_refusal_suggests():
@@ -264,13 +266,13 @@ def test_report_and_export_name_a_damaged_run_record_or_trial_store(tmp_path, ca
     (incomplete / "run.json").write_text("{}")
     (incomplete / "study.db").write_bytes(b"")
     for argv in (["report", str(incomplete)], ["export", str(incomplete), "--trial", "0"]):
-        assert "run.json' is unreadable or incomplete (no valid 'task')" in error_line(capsys, argv)
+        assert "run.json' is not a search's record (it lacks a valid 'task')" in error_line(capsys, argv)
     garbage = tmp_path / "garbage"
     _run_record(garbage)
     (garbage / "study.db").write_bytes(b"not a database" * 10)
     for argv in (["report", str(garbage)], ["export", str(garbage), "--trial", "0"]):
         line = error_line(capsys, argv)
-        assert "study.db' is unreadable or corrupted, or holds no search" in line and "new --run-dir" in line
+        assert "study.db' cannot be opened (" in line and "damaged or holds no search" in line and "new --run-dir" in line
 
 
 def test_runs_list_skips_and_runs_show_names_damaged_records(tmp_path, capsys):
@@ -302,3 +304,27 @@ def test_report_refuses_host_and_port_without_serve(tmp_path, capsys):
     _run_record(tmp_path / "run")
     (tmp_path / "run" / "study.db").write_bytes(b"")
     assert "--host and --port apply with --serve" in error_line(capsys, ["report", str(tmp_path / "run"), "--port", "9000"])
+
+
+def test_a_task_whose_recorded_fields_have_the_wrong_type_is_refused_before_any_work(tmp_path, capsys):
+    task_file = tmp_path / "typed.py"
+    task_file.write_text(
+        "import torch\nfrom autocompress import Task\n"
+        "def build():\n"
+        "    data = [(torch.randn(4, 8), torch.randint(0, 2, (4,)))]\n"
+        "    return Task(name='typed', model=torch.nn.Linear(8, 2), example_inputs=torch.randn(1, 8), train_loader=data,\n"
+        "                eval_loader=data, metric=lambda o, t: 0.0, fingerprint=None)\n")
+    line = error_line(capsys, search(tmp_path / "run", f"{task_file}:build"))
+    assert "`fingerprint` must be a str, but got NoneType" in line
+    assert not (tmp_path / "run").exists()  # refused before the run directory was made
+
+
+def test_a_table_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path, capsys):
+    from autocompress.errors import UserError
+    from autocompress.latency_lut import LatencyTable, OrtCpuBackend
+
+    table = LatencyTable.open(tmp_path / "t.json", OrtCpuBackend())
+    table.path = tmp_path / "gone" / "deeper"
+    (tmp_path / "gone").write_text("a file where the folder should be")
+    with pytest.raises(UserError, match="Cannot write the latency table .* give --table"):
+        table.save()

@@ -9,7 +9,7 @@ import torch
 
 from autocompress.errors import UserError
 from autocompress.inventory import build_inventory
-from autocompress.latency_lut._table import junction_costs_us, junction_saving_us
+from autocompress.latency_lut._table import RAW_VERSION, junction_costs_us, junction_saving_us
 from autocompress.latency_lut import (
     Calibration,
     LatencyTable,
@@ -262,8 +262,9 @@ def test_other_profile_refused(saved_table, tmp_path, backend):
         '{"schema": 1, "profile": {}, "entries": {"conv|1x8x8x8|o8": {}}}',
         '{"schema": 1, "profile": {}, "entries": {"conv|1x8x8x8|o8": {"median_us": "fast"}}}',
         '{"schema": 1, "profile": {}, "entries": {}, "calibrations": [1]}',
-        '{"schema": 1, "profile": {}, "entries": {}, "calibrations": {"m": {"raw_version": 5}}}',
-        '{"schema": 1, "profile": {}, "entries": {}, "calibrations": {"m": {"scale": 1, "offset_us": 0, "points": [{"raw_us": 1}]}}}',
+        json.dumps({"schema": 1, "profile": {}, "entries": {}, "calibrations": {"m": {"raw_version": RAW_VERSION}}}),
+        json.dumps({"schema": 1, "profile": {}, "entries": {},
+                    "calibrations": {"m": {"scale": 1, "offset_us": 0, "raw_version": RAW_VERSION, "points": [{"raw_us": 1}]}}}),
     ],
 )
 def test_corrupted_table_raises_user_error(saved_table, tmp_path, backend, content):

@@ -75,9 +75,10 @@ def load_candidate_weights(candidate: nn.Module, path: Path | str) -> nn.Module:
     """Load a checkpoint into ``candidate`` (rebuilt from the same policy): every tensor must match."""
     try:
         candidate.load_state_dict(_read_checkpoint(path)["state_dict"], strict=True)
-    except RuntimeError as exc:  # missing, unexpected or reshaped tensors
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"{str(path)!r} does not fit the trial's policy ({first[:160]}); it belongs to another run or trial.") from None
+    except RuntimeError as exc:  # missing, unexpected or reshaped tensors; torch's first line is only a header
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        what = next((line for line in lines if any(k in line for k in ("size mismatch", "Missing key", "Unexpected key"))), lines[0] if lines else "")
+        raise UserError(f"{str(path)!r} does not fit the trial's policy ({what[:160]}); it belongs to another run or trial.") from None
     return candidate.eval()
 
 

@@ -74,8 +74,9 @@ def export_trial(
     from autocompress.inventory import build_inventory
     from autocompress.latency_lut import backend_for_profile
     from autocompress.spaces import SpaceConfig
-    from autocompress.study import _versions, make_folder, read_run_record
-    from autocompress.task import as_input_tuple, load_task
+    from autocompress._io import make_folder
+    from autocompress.study import _versions, load_recorded_task, read_run_record
+    from autocompress.task import as_input_tuple
 
     run_dir = Path(run_dir)
     if fmt not in FORMATS:
@@ -97,10 +98,10 @@ def export_trial(
             "export a front member (`autocompress runs show`)."
         )
     out = Path(out_dir) if out_dir is not None else run_dir / "exports"
-    make_folder(out, option="--out")  # before the rebuild and any fine-tuning
+    make_folder(out, create=False, option="--out")  # before the rebuild and any fine-tuning; the engine's write creates it
 
     config = manifest["config"]
-    task = load_task(manifest["task_spec"], config.get("batch_size", 0))
+    task = load_recorded_task(manifest)
     space = config["space"]
     space_config = SpaceConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in space.items()})
     inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from autocompress._io import atomic_write_json, cache_dir
+from autocompress._io import atomic_write_json, cache_dir, make_folder
 from autocompress.errors import UserError
 from autocompress.inventory import Elementwise, Group, Layer, LayerInventory, is_depthwise
 from autocompress.latency_lut._backend import LatencyBackend, Measurable, Measurement, Runner, profile_id
@@ -531,7 +532,7 @@ class LatencyTable:
     def open(
         cls, path: Path, backend: LatencyBackend, shared_path: Path | None = None, allow_other_profile: bool = False, channel_multiple: int = 8
     ) -> "LatencyTable":
-        check_table_path(Path(path))
+        check_table_path(Path(path), option="--table (or --run-dir for a search)")
         table = cls(path, backend, shared_path, channel_multiple)
         if table.shared_path is not None and table.shared_path.is_file():
             table._merge(table.shared_path, allow_other_profile=True, take_calibrations=False)
@@ -573,14 +574,18 @@ class LatencyTable:
 
     def save(self) -> None:
         self._saved_at = time.monotonic()
-        atomic_write_json(self.path, self.to_dict())
+        try:
+            atomic_write_json(self.path, self.to_dict())
+        except OSError as exc:
+            raise UserError(f"Cannot write the latency table {str(self.path)!r} ({exc.strerror or type(exc).__name__}); "
+                            "give --table (or --run-dir for a search) a writable path.") from None
         if self.shared_path is not None:
             shared = {}
             if Path(self.shared_path).is_file():
                 try:
                     data = json.loads(Path(self.shared_path).read_text())
-                    if data.get("profile") == self.profile:
-                        shared = data.get("entries", {})
+                    if isinstance(data, dict) and data.get("profile") == self.profile and isinstance(data.get("entries"), dict):
+                        shared = data["entries"]
                 except (OSError, ValueError):
                     shared = {}
             merged = self.to_dict(with_calibrations=False)
@@ -872,15 +877,14 @@ def calibration_policies(space: SearchSpace, n_random: int = 8, seed: int = 0, e
     return [space.baseline(), space.extreme(), *extra, *(space.sample(rng) for _ in range(n_random))]
 
 
-def check_table_path(path: Path) -> None:
-    """A one-line error, before any measuring, when a table cannot be written at ``path``."""
+def check_table_path(path: Path, option: str = "--table") -> None:
+    """A one-line error, before any measuring, when a table cannot be written at ``path``
+    (which ``option`` names)."""
     if path.is_dir():
-        raise UserError(f"Latency table path {str(path)!r} is a directory; give a .json file path.")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"Latency table path {str(path)!r} is under {str(parent)!r}, a file; give a .json file path in a folder.")
+        raise UserError(f"Latency table path {str(path)!r} is a directory; give {option} a .json file path.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UserError(f"Latency table {str(path)!r} is not writable; give {option} a writable file.")
+    make_folder(path.parent, create=False, option=option)
 
 
 def read_table_file(path: Path) -> dict:
@@ -899,7 +903,11 @@ def read_table_file(path: Path) -> dict:
                 isinstance(e, dict) and isinstance(e.get("median_us"), (int, float)) for e in entries.values()):
             raise ValueError("entries without a median")
         calibrations = data.get("calibrations") or {}
-        if not isinstance(calibrations, dict) or not all(
+        if not isinstance(calibrations, dict):
+            raise ValueError("calibrations that are not a mapping")
+        # Only calibrations of this version are read; older ones are measured again.
+        calibrations = {fp: c for fp, c in calibrations.items() if not isinstance(c, dict) or c.get("raw_version", 1) == RAW_VERSION}
+        if not all(
                 isinstance(c, dict) and all(isinstance(c.get(k), (int, float)) for k in ("scale", "offset_us"))
                 and isinstance(c.get("points", []), list) and isinstance(c.get("parts_offset_us", 0.0), (int, float))
                 and isinstance(c.get("part_scales") or {}, dict)
@@ -909,6 +917,7 @@ def read_table_file(path: Path) -> dict:
         if not all(isinstance(p, dict) and all(isinstance(p.get(k), (int, float)) for k in ("raw_us", "measured_us"))
                    and isinstance(p.get("parts", {}), dict) for c in calibrations.values() for p in c.get("points", [])):
             raise ValueError("a calibration point without its sum and measurement")
+        data["calibrations"] = calibrations
     except (OSError, ValueError) as exc:
         raise UserError(f"Latency table {str(path)!r} is unreadable or corrupted ({exc}); delete it to re-measure.") from None
     return data
