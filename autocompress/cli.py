@@ -380,7 +380,7 @@ def _lut(args: argparse.Namespace) -> int:
     if args.lut_command == "validate" and args.samples < 1:
         raise UserError(f"--samples must be at least 1, but got {args.samples}.")
     # Options checked before the task loads, which can take minutes.
-    _space_config(args)
+    space_config = _space_config(args)
     check_backend_name(args.backend)
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, but got {args.threads}.")
@@ -390,7 +390,7 @@ def _lut(args: argparse.Namespace) -> int:
             read_table_file(Path(args.table))  # a damaged table is named now, not after the task loads
     task = load_task(args.task, args.batch_size)
     path = _table_path(args, int(task.example_inputs[0].shape[0]))
-    bench = open_workbench(task, _space_config(args), args.threads, path, shared_table=False,
+    bench = open_workbench(task, space_config, args.threads, path, shared_table=False,
                            allow_other_profile=args.allow_other_profile, backend=args.backend)
     table = bench.table
     if args.lut_command == "build":

@@ -26,7 +26,7 @@ from autocompress import compress
 from autocompress._io import atomic_write_json, make_folder, read_json
 from autocompress._phases import enter_phase
 from autocompress.budget import parse_budget
-from autocompress.errors import UserError
+from autocompress.errors import UserError, one_line
 from autocompress.evaluators import DistillConfig, ProgressHook, distill, evaluate, recalibrate_batchnorm
 from autocompress.export import (
     candidate_path, export_engine, export_trial, file_sha256, prune_candidates, read_sidecar, save_candidate, sidecar_path,
@@ -664,7 +664,7 @@ def trial_store_error(run_dir: Path, exc: BaseException) -> UserError:
     """The one-line error for a study.db that Optuna cannot open, with optuna's or SQLite's
     own reason: a locked or older-version store keeps its trials, a damaged one does not."""
     path = str(run_dir / "study.db")
-    reason = _one_line_reason(exc)
+    reason = one_line(exc)
     text = reason.lower()
     if "locked" in text:
         fix = "another process is using it; wait for it to finish, then run the command again"
@@ -673,11 +673,6 @@ def trial_store_error(run_dir: Path, exc: BaseException) -> UserError:
     else:
         fix = "it is damaged or holds no search: move it away to search again in this folder, or use a new --run-dir"
     return UserError(f"The trial store {path!r} cannot be opened ({reason}); {fix}.")
-
-
-def _one_line_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def open_study(run_dir: Path):

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from autocompress.errors import UserError
+from autocompress.errors import UserError, one_line
 
 __all__ = ["Task", "load_task", "BUILTIN_TASKS", "as_input_tuple"]
 
@@ -173,7 +173,7 @@ def _build_task(spec: str) -> Task:
         except Exception as exc:
             sys.modules.pop(module_name, None)
             fix = "install the missing package" if isinstance(exc, ImportError) else "fix the file"
-            raise UserError(f"Task file {str(path)!r} failed to import ({_one_line(exc)}); {fix}.") from None
+            raise UserError(f"Task file {str(path)!r} failed to import ({one_line(exc)}); {fix}.") from None
     else:
         try:
             module = importlib.import_module(where)
@@ -183,7 +183,7 @@ def _build_task(spec: str) -> Task:
             ) from None
         except Exception as exc:
             fix = "install the missing package" if isinstance(exc, ImportError) else "fix the module"
-            raise UserError(f"Module {where!r} of --task {spec!r} failed to import ({_one_line(exc)}); {fix}.") from None
+            raise UserError(f"Module {where!r} of --task {spec!r} failed to import ({one_line(exc)}); {fix}.") from None
     build = getattr(module, func_name, None)
     if not callable(build):
         raise UserError(f"{where!r} has no function {func_name!r}; --task must name a function returning Task.")
@@ -192,18 +192,10 @@ def _build_task(spec: str) -> Task:
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"The task function {spec!r} raised {_one_line(exc)}; fix the task's build function.") from None
+        raise UserError(f"The task function {spec!r} raised {one_line(exc)}; fix the task's build function.") from None
     if not isinstance(task, Task):
         raise UserError(
             f"{spec!r} returned {type(task).__name__}, not autocompress.Task; "
             "return Task(name=..., model=..., example_inputs=..., ...)."
         )
     return task
-
-
-def _one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (with the line number of a syntax error)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, SyntaxError) and exc.lineno is not None:
-        text = f"{exc.msg}, line {exc.lineno}"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -69,12 +69,12 @@ def export_trial(
     more steps, export it as ``fmt`` into ``out_dir`` (default ``run_dir/exports``), verify
     it, and write its sidecar."""
     from autocompress import compress
+    from autocompress._io import make_folder
     from autocompress.evaluators import DistillConfig, distill, evaluate
     from autocompress.export._onnx import export_engine
     from autocompress.inventory import build_inventory
     from autocompress.latency_lut import backend_for_profile
     from autocompress.spaces import SpaceConfig
-    from autocompress._io import make_folder
     from autocompress.study import _versions, load_recorded_task, read_run_record
     from autocompress.task import as_input_tuple
 
