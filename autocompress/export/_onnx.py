@@ -52,6 +52,7 @@ class Engine:
     latency_p10_us: float = 0.0
     latency_p90_us: float = 0.0
     original_latency_us: float | None = None  # the original model, timed in the same rounds (when given)
+    tracker_latency_us: float | None = None  # the space's most compressed model, timed in the same rounds (when given)
     runtime_metric: float | None = None
     runtime_extra_metrics: dict = field(default_factory=dict)
     ok: bool = True
@@ -116,13 +117,15 @@ def export_engine(
     eval_loader: Iterable | None = None,
     extra_metrics: Mapping[str, Callable[[torch.Tensor, torch.Tensor], float]] | None = None,
     original: Measurable | None = None,
+    tracker: Measurable | None = None,
 ) -> Engine:
     """Export ``model`` to ONNX at ``path`` (dynamic batch), then verify and time it.
 
     With ``eval_loader``, ``metric`` and each of ``extra_metrics`` are computed from the
     engine's own outputs in ONNX Runtime. With ``original``, the engine is timed round by
-    round with the original model, whose latency in those rounds is kept beside its own:
-    their ratio does not move with the machine's speed."""
+    round with the original model, whose latency in those rounds is kept beside its own
+    (the speedup of the moment); with ``tracker`` too, so is the tracker's, a model whose
+    speed moves with the engine's when the machine's does (see `study.latency_at_start_us`)."""
     model = model.eval()
     data = to_onnx_bytes(model, example_inputs, dynamic_batch=True)
     atomic_write_bytes(path, data)
@@ -157,12 +160,11 @@ def export_engine(
             problems.append(f"only {sum(counts.values())} of {int8_layers} int8 layers run as integer kernels")
 
     engine_item = Measurable(tuple(example_inputs), module=model, onnx=data, dynamic_batch=True)
-    original_us = None
-    if original is not None:
-        original_timing, timing = backend.measure_many([original, engine_item], rounds=5)
-        original_us = original_timing.median_us
-    else:
-        timing = backend.measure(engine_item)
+    beside = [m for m in (original, tracker) if m is not None]
+    *beside_timings, timing = backend.measure_many([*beside, engine_item], rounds=5) if beside else [backend.measure(engine_item)]
+    beside_us = iter(t.median_us for t in beside_timings)
+    original_us = next(beside_us) if original is not None else None
+    tracker_us = next(beside_us) if tracker is not None else None
     runtime_metric, runtime_extra = None, {}
     if metric is not None and eval_loader is not None:
         outs, targets = [], []
@@ -188,6 +190,7 @@ def export_engine(
         latency_p10_us=timing.p10_us,
         latency_p90_us=timing.p90_us,
         original_latency_us=original_us,
+        tracker_latency_us=tracker_us,
         runtime_metric=runtime_metric,
         runtime_extra_metrics=runtime_extra,
         ok=not problems,

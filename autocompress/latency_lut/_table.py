@@ -845,9 +845,10 @@ class LatencyTable:
         fit in ``budget_s`` seconds, a second batch adds random models up to ``max_random``
         in all: small models are cheap to measure, and the line is pinned by more of them
         (`benchmarks/table_fit.py` on demo: 84% of held-out candidates within ±10% with 10
-        models, 89% with 48). The second batch times the baseline again and its timings are
-        scaled by the baseline's ratio between the batches, so the machine's drift between
-        them does not move its points."""
+        models, 89% with 48). The second batch times the most aggressive policy again and its
+        timings are scaled by that model's ratio between the batches, so the machine's drift
+        between them does not move its points: a compressed model's speed moves with the
+        random models', where a float baseline's can move apart (`benchmarks/drift_trackers.py`)."""
         extra = list(extra)
         policies = calibration_policies(space, max(n_random, max_random) if budget_s > 0 else n_random, seed, extra)
         first, rest = policies[:2 + len(extra) + n_random], policies[2 + len(extra) + n_random:]
@@ -857,8 +858,8 @@ class LatencyTable:
         n_more = min(len(rest), int((budget_s - spent) / max(spent / len(first), 1e-6))) if rest and budget_s > spent else 0
         measured_policies = list(first)
         if n_more > 0:
-            baseline_again, *timed = measure_policies([first[0], *rest[:n_more]])
-            drift = measured[0] / baseline_again
+            tracker_again, *timed = measure_policies([first[1], *rest[:n_more]])
+            drift = measured[1] / tracker_again
             measured_policies += rest[:n_more]
             measured += [us * drift for us in timed]
         calibration = Calibration()

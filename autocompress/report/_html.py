@@ -133,8 +133,8 @@ def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], 
     )
     if fid.get("at_calibration_speed"):
         steady = fid["at_calibration_speed"]
-        fidelity_text += (f" At the machine speed of the table's calibration (each engine's timing scaled by the original "
-                          f"timed beside it): median |error| {steady['median_abs_error']:.1%}, {steady['within_10pct']:.0%} "
+        fidelity_text += (f" At the machine speed of the table's calibration (each engine's timing scaled by "
+                          f"{html.escape(steady.get('by', 'the original'))} timed beside it): median |error| {steady['median_abs_error']:.1%}, {steady['within_10pct']:.0%} "
                           f"within ±10%.")
     extra = "".join(f", {html.escape(str(k))} {v:.4f}" for k, v in (base.get("extra_metrics") or {}).items())
     page = f"""<!doctype html>

@@ -1,0 +1,119 @@
+"""Which model, timed beside a candidate, best carries the candidate's timing to the machine
+speed of another moment: the original model, the latency table's reference conv, or the
+search space's most compressed model.
+
+    .venv/bin/python benchmarks/drift_trackers.py --task minilm --seconds 180
+    .venv/bin/python benchmarks/drift_trackers.py --task demo --seconds 150
+    # finished searches: each exported candidate's table error at the start's speed, both ways
+    .venv/bin/python benchmarks/drift_trackers.py --runs runs/minilm-0.5x runs/minilm-0.33x
+
+The three trackers and two random candidates of the task (one with every layer int8, one as
+drawn) are built and exported as a search builds them, then timed in turn, 0.1 s each, for
+``--seconds``. A candidate's timings divided by a tracker's timings in the same round should
+not move when the machine's speed does: the spread (standard deviation of the log) of that
+ratio says how well the tracker follows what moves the candidate. "Alone" is the spread of
+the timings themselves.
+
+With ``--runs``, nothing is timed: for each exported candidate of finished searches (whose
+engines were timed beside both models), the table's prediction against the engine's
+timing brought to the run's start by the most compressed model, and by the original.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+
+def compare_runs(run_dirs: list[str]) -> None:
+    import optuna
+
+    from autocompress.study import latency_at_start_us
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print("| run | trial | predicted us | by the most compressed model | by the original |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    errors: dict[str, list[float]] = {"tracker": [], "original": []}
+    for run_dir in run_dirs:
+        base = json.loads((Path(run_dir) / "run.json").read_text())["baseline"]
+        study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{Path(run_dir) / 'study.db'}")
+        for trial in study.get_trials():
+            attrs = trial.user_attrs
+            engine = attrs.get("engine") or {}
+            if attrs.get("status") != "completed" or not engine.get("tracker_latency_us") or not engine.get("original_latency_us"):
+                continue
+            predicted = attrs["predicted_ms"] * 1000
+            by_tracker = predicted / latency_at_start_us(engine, base["latency_ms"] * 1000, base["tracker_latency_us"]) - 1
+            by_original = predicted / latency_at_start_us(engine, base["latency_ms"] * 1000) - 1
+            errors["tracker"].append(by_tracker)
+            errors["original"].append(by_original)
+            print(f"| {Path(run_dir).name} | {trial.number} | {predicted:.0f} | {by_tracker:+.1%} | {by_original:+.1%} |")
+    for name, e in errors.items():
+        a = np.abs(e)
+        print(f"by the {name}: {len(a)} candidates, median |error| {np.median(a):.1%}, within ±10% {np.mean(a <= 0.1):.0%}")
+    closer = sum(abs(t) < abs(o) for t, o in zip(errors["tracker"], errors["original"]))
+    print(f"closer by the most compressed model: {closer} of {len(errors['tracker'])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="demo")
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--table", default=None, help="a table of the task (default: a new one in a temporary folder)")
+    parser.add_argument("--runs", nargs="*", default=None, help="finished search runs to compare instead of timing")
+    args = parser.parse_args()
+    if args.runs:
+        compare_runs(args.runs)
+        return
+
+    import tempfile
+
+    from autocompress.latency_lut import Measurable
+    from autocompress.latency_lut._table import _micro_model, _reference_choice
+    from autocompress.spaces import SpaceConfig
+    from autocompress.study import open_workbench
+    from autocompress.task import load_task
+
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(args.table) if args.table else Path(tmp) / "table.json"
+        bench = open_workbench(load_task(args.task, 0), SpaceConfig(), 1, table, shared_table=False)
+        example = bench.task.example_inputs
+        rng = random.Random("drift-trackers")
+        drawn = bench.space.sample(rng)
+        int8 = replace(bench.space.sample(rng), bits={name: 8 for name in bench.inventory.layers})
+        models = {
+            "original": bench.original,
+            "reference conv": Measurable.from_module(*_micro_model(_reference_choice(), bench.channel_multiple)),
+            "most compressed": bench.tracker,
+            "int8 candidate": Measurable.from_module(bench.candidate(int8), example, dynamic_batch=True),
+            "drawn candidate": Measurable.from_module(bench.candidate(drawn), example, dynamic_batch=True),
+        }
+        backend = bench.backend
+        runners = [backend.prepare(m) for m in models.values()]
+        for run in runners:
+            backend.time_prepared(run, warmup=backend.timing.warmup, min_time_s=0.0)
+        rows = []
+        start = time.monotonic()
+        while time.monotonic() - start < args.seconds:
+            rows.append([backend.time_prepared(run, min_time_s=0.1).median_us for run in runners])
+    logs = np.log(np.array(rows))
+    names = list(models)
+    trackers = names[:3]
+    print(f"{args.task}: {len(rows)} rounds in {args.seconds:.0f} s")
+    print("| model | median us | alone | " + " | ".join(f"/ {t}" for t in trackers) + " |")
+    print("| --- | ---: | ---: | " + " | ".join("---:" for _ in trackers) + " |")
+    for j, name in enumerate(names):
+        cells = [f"{np.std(logs[:, j] - logs[:, k]):.1%}" if k != j else "" for k in range(len(trackers))]
+        print(f"| {name} | {np.exp(np.median(logs[:, j])):.0f} | {np.std(logs[:, j]):.1%} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
+    main()
