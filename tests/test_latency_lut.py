@@ -402,8 +402,8 @@ def test_table_calibrate_and_persist(saved_table, tmp_path, backend, resnet_inve
         return [3.0 * table.raw_us(resnet_inventory, p) + 25.0 for p in policies]
 
     cal = table.calibrate(resnet_inventory, space, fake_whole_models, n_random=1, seed=0, budget_s=0)
-    assert measured[0] == space.baseline() and measured[1] == space.extreme()
-    assert len(cal.points) == 3
+    assert measured[0] == space.baseline() and measured[1] == space.extreme() and measured[2:-1] == space.uniform_precisions()
+    assert len(cal.points) == 3 + len(space.uniform_precisions())
     assert cal.scale == pytest.approx(3.0, rel=1e-6)
     assert cal.offset_us == pytest.approx(25.0, rel=1e-4, abs=1e-6)
     assert table.is_calibrated(resnet_inventory)
@@ -449,7 +449,7 @@ def test_table_calibration_scales_parts_and_restores_them(saved_table, tmp_path,
 
 def test_calibration_adds_models_while_its_budget_allows_and_corrects_drift(saved_table, tmp_path, backend, resnet_inventory, space):
     """Models cost 20 ms each: a 1 s budget takes the first batch (baseline, most compressed,
-    2 random) and then as many more as fit, up to the cap; the machine is 10% slower during
+    every layer int8, 2 random) and then as many more as fit, up to the cap; the machine is 10% slower during
     the second batch, which times the most compressed model again and is scaled back by it."""
     import time as _time
 
@@ -471,14 +471,14 @@ def test_calibration_adds_models_while_its_budget_allows_and_corrects_drift(save
         return [slower * true_us[p.digest] for p in policies]
 
     cal = table.calibrate(resnet_inventory, space, whole_models, n_random=2, seed=0, budget_s=1.0, max_random=12)
-    assert len(batches) == 2 and len(batches[0]) == 4
+    assert len(batches) == 2 and len(batches[0]) == 4 + len(space.uniform_precisions())
     assert batches[1][0] == space.extreme() and 2 <= len(batches[1]) - 1 <= 10
     assert [*batches[0], *batches[1][1:]] == drawn[:len(cal.points)]  # the same stream of draws, continued
     assert [p["measured_us"] for p in cal.points] == pytest.approx([true_us[p.digest] for p in drawn[:len(cal.points)]])
 
     batches.clear()
     cal = table.calibrate(resnet_inventory, space, whole_models, n_random=2, seed=0, budget_s=0.01, max_random=12)
-    assert len(batches) == 1 and len(cal.points) == 4  # the budget was spent by the first batch
+    assert len(batches) == 1 and len(cal.points) == 4 + len(space.uniform_precisions())  # the budget was spent by the first batch
 
 
 def test_build_measures_every_reachable_entry_once(tmp_path, backend, resnet_inventory, space):

@@ -185,6 +185,14 @@ def test_extreme_is_in_space_and_most_aggressive(space):
     assert ext.bits == {name: 4 if name == "fc" else 8 for name in ext.bits} and len(ext.bits) == 10
 
 
+def test_uniform_precisions_put_every_layer_that_can_take_a_width_at_it(space):
+    """The ResNet's ten layers take int8 and only its classifier 4 bits: one policy, every
+    layer int8, nothing pruned or factorized; a width fewer than half the layers take gets none."""
+    (int8,) = space.uniform_precisions()
+    assert space.contains(int8)
+    assert int8.bits == {name: 8 for name in space.extreme().bits} and not int8.prune and not int8.rank
+
+
 def test_sample_reproducible(space):
     a = [space.sample(random.Random(42)) for _ in range(3)]
     assert a[0] == a[1] == a[2]

@@ -837,8 +837,8 @@ class LatencyTable:
         budget_s: float = CALIBRATION_BUDGET_S,
         max_random: int = CALIBRATION_MAX_RANDOM,
     ) -> Calibration:
-        """Fit the whole-model correction on the baseline, the most aggressive policy and
-        random ones; ``measure_policies`` builds, exports and times policies (in us each),
+        """Fit the whole-model correction on the baseline, the most aggressive policy, the
+        uniform precisions and random ones (`calibration_policies`); ``measure_policies`` builds, exports and times policies (in us each),
         interleaved so that a passing disturbance of the machine cannot skew one of them.
 
         The first batch has ``n_random`` random models. While its cost per model says more
@@ -851,7 +851,8 @@ class LatencyTable:
         random models', where a float baseline's can move apart (`benchmarks/drift_trackers.py`)."""
         extra = list(extra)
         policies = calibration_policies(space, max(n_random, max_random) if budget_s > 0 else n_random, seed, extra)
-        first, rest = policies[:2 + len(extra) + n_random], policies[2 + len(extra) + n_random:]
+        fixed = 2 + len(space.uniform_precisions()) + len(extra)
+        first, rest = policies[:fixed + n_random], policies[fixed + n_random:]
         t0 = time.perf_counter()
         measured = list(measure_policies(first))
         spent = time.perf_counter() - t0
@@ -872,10 +873,16 @@ class LatencyTable:
 
 def calibration_policies(space: SearchSpace, n_random: int = 8, seed: int = 0, extra: Iterable[Policy] = ()) -> list[Policy]:
     """The whole models a calibration measures: the baseline, the most aggressive policy,
-    ``extra``, and ``n_random`` random ones from their own stream (not the draws of
-    `lut validate --seed`, which must be unseen)."""
+    every layer at each lower bit width (`SearchSpace.uniform_precisions`), ``extra``, and
+    ``n_random`` random ones from their own stream (not the draws of `lut validate --seed`,
+    which must be unseen).
+
+    The uniform precisions pin each precision's scale where that precision is most of the
+    model: random models mix precisions layer by layer, so on minilm their int8 layers were a
+    tenth of their sums, and an all-int8 candidate, a search's first proposal at a tight
+    budget, was predicted 30% slow."""
     rng = random.Random(f"calibration-{seed}")
-    return [space.baseline(), space.extreme(), *extra, *(space.sample(rng) for _ in range(n_random))]
+    return [space.baseline(), space.extreme(), *space.uniform_precisions(), *extra, *(space.sample(rng) for _ in range(n_random))]
 
 
 def check_table_path(path: Path, option: str = "--table") -> None:

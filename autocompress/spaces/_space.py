@@ -220,6 +220,18 @@ class SearchSpace:
         params = {n: (max(d) if n.startswith("prune/") else min(d)) for n, d in self.domains.items()}
         return self.from_params(params)
 
+    def uniform_precisions(self) -> list[Policy]:
+        """Per bit width below 32 that at least half the layers with a choice of bit width can
+        take: those layers at that width, nothing pruned or factorized (widest first)."""
+        dims = [n for n in self.domains if n.startswith("bits/")]
+        base = self.to_params(self.baseline())
+        out = []
+        for width in sorted({v for n in dims for v in self.domains[n]} - {32}, reverse=True):
+            able = [n for n in dims if width in self.domains[n]]
+            if 2 * len(able) >= len(dims):
+                out.append(self.from_params({**base, **{n: width for n in able}}))
+        return out
+
     def fastest(self, latency_us: Callable[[Policy], float], passes: int = 2) -> tuple[Policy, float]:
         """The fastest policy by ``latency_us`` (a table's prediction), and its latency.
 
