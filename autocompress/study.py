@@ -163,8 +163,8 @@ class Workbench:
         it carries the engine's timing to the machine speed of another moment
         (`latency_at_start_us`). Its kernels and size are like a compressed candidate's, so
         its speed moves with theirs, where the original's can move apart: on minilm, the float
-        original drifted 7% against compressed candidates within three minutes, the most
-        compressed model 2% (`benchmarks/drift_trackers.py`)."""
+        original drifted 7-8% against compressed candidates within three minutes, the most
+        compressed model 2-3% (`benchmarks/drift_trackers.py`)."""
         if self._tracker is None:
             self._tracker = Measurable.from_module(self.candidate(self.space.extreme()), self.task.example_inputs, dynamic_batch=True)
         return self._tracker

@@ -838,8 +838,9 @@ class LatencyTable:
         max_random: int = CALIBRATION_MAX_RANDOM,
     ) -> Calibration:
         """Fit the whole-model correction on the baseline, the most aggressive policy, the
-        uniform precisions and random ones (`calibration_policies`); ``measure_policies`` builds, exports and times policies (in us each),
-        interleaved so that a passing disturbance of the machine cannot skew one of them.
+        uniform precisions and random ones (`calibration_policies`); ``measure_policies``
+        builds, exports and times policies (in us each), interleaved so that a passing
+        disturbance of the machine cannot skew one of them.
 
         The first batch has ``n_random`` random models. While its cost per model says more
         fit in ``budget_s`` seconds, a second batch adds random models up to ``max_random``
@@ -879,7 +880,7 @@ def calibration_policies(space: SearchSpace, n_random: int = 8, seed: int = 0, e
 
     The uniform precisions pin each precision's scale where that precision is most of the
     model: random models mix precisions layer by layer, so on minilm their int8 layers were a
-    tenth of their sums, and an all-int8 candidate, a search's first proposal at a tight
+    tenth of their sums or less, and an all-int8 candidate, a search's first proposal at a tight
     budget, was predicted 30% slow."""
     rng = random.Random(f"calibration-{seed}")
     return [space.baseline(), space.extreme(), *space.uniform_precisions(), *extra, *(space.sample(rng) for _ in range(n_random))]
