@@ -851,8 +851,9 @@ class LatencyTable:
         between them does not move its points: a compressed model's speed moves with the
         random models', where a float baseline's can move apart (`benchmarks/drift_trackers.py`)."""
         extra = list(extra)
-        policies = calibration_policies(space, max(n_random, max_random) if budget_s > 0 else n_random, seed, extra)
-        fixed = 2 + len(space.uniform_precisions()) + len(extra)
+        n_drawn = max(n_random, max_random) if budget_s > 0 else n_random
+        policies = calibration_policies(space, n_drawn, seed, extra)
+        fixed = len(policies) - n_drawn  # baseline, most aggressive, uniform precisions, extra
         first, rest = policies[:fixed + n_random], policies[fixed + n_random:]
         t0 = time.perf_counter()
         measured = list(measure_policies(first))
