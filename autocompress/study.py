@@ -281,6 +281,7 @@ def _summarize_policy(policy: Policy, n_layers: int) -> str:
 
 
 def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | None:
+    compress.int8_weight_max()  # a bad AUTOCOMPRESS_INT8_WEIGHTS is refused before any work
     manifest = run_dir / "run.json"
     if not manifest.is_file():
         return None
@@ -300,6 +301,7 @@ def _check_run_dir(run_dir: Path, task: Task, config: SearchConfig) -> dict | No
             f"Run directory {str(run_dir)!r} was searched at --batch-size {previous.get('config', {}).get('batch_size', 0) or 'of the task'}, "
             f"not {config.batch_size or 'of the task'}; use a new --run-dir for another batch size."
         )
+    check_int8_weight_width(previous, run_dir, "resume it")
     if previous.get("config", {}).get("latency_budget") != config.latency_budget:
         raise UserError(
             f"Run directory {str(run_dir)!r} was searched with budget {previous.get('config', {}).get('latency_budget')!r}, "
@@ -483,6 +485,7 @@ def run_search(
         "budget_ms": budget_ms,
         "metric_floor": metric_floor,
         "profile": table.profile,
+        "int8_weight_max": compress.int8_weight_max(),  # 64: 7-bit weights, for CPUs whose int8 kernels saturate
         "versions": _versions(),
         "command": sys.argv,
         "created": (previous or {}).get("created") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -561,7 +564,8 @@ def run_search(
             from autocompress.search._ray import WorkerSpec, resolve_task_spec, run_ray_trials
 
             spec = WorkerSpec(resolve_task_spec(config.task), task.fingerprint, config.space, config.threads,
-                              config.calibration_batches, distill_config, config.seed, batch_size=config.batch_size)
+                              config.calibration_batches, distill_config, config.seed, batch_size=config.batch_size,
+                              int8_weight_max=compress.int8_weight_max())
             sweep = run_ray_trials(
                 config.ray, searcher, lambda p: table.predict_us(inventory, p) / 1000, budget_ms, spec, run_dir,
                 target=config.trials, completed=n_done, max_proposals=max_proposals,
@@ -671,6 +675,20 @@ def read_run_record(run_dir: Path) -> dict:
         raise UserError(f"{str(path)!r} is not a search's record (it lacks a valid {bad[0]}); give the --run-dir of a search, "
                         "or restore the file from a copy.")
     return manifest
+
+
+def check_int8_weight_width(manifest: Mapping, run_dir: Path, to: str) -> None:
+    """Refuse to go on with a run whose int8 layers trained on another weight range than
+    this process gives them (``compress.int8_weight_max``): its engines would leave PyTorch."""
+    recorded = manifest.get("int8_weight_max", 127)  # runs recorded before the range was chosen used 127
+    now = compress.int8_weight_max()
+    if recorded == now:
+        return
+    bits = {127: 8, 64: 7}
+    raise UserError(
+        f"Run directory {str(run_dir)!r} trained its int8 layers on {bits.get(recorded, recorded)}-bit weights, not "
+        f"{bits[now]}; set AUTOCOMPRESS_INT8_WEIGHTS={bits.get(recorded, recorded)} to {to}."
+    )
 
 
 def load_recorded_task(manifest: Mapping) -> Task:

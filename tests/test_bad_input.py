@@ -80,6 +80,26 @@ def test_run_directory_of_a_different_task_is_refused(tmp_path, capsys):
     assert "holds a run of task 'someone-else'" in line and "choose a new --run-dir" in line
 
 
+def test_a_run_trained_on_other_int8_weights_is_refused_with_the_setting_that_resumes_it(tmp_path, capsys, monkeypatch):
+    from autocompress.task import load_task
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    task = load_task(PLAIN)
+    (run_dir / "run.json").write_text(json.dumps({"task": task.name, "task_fingerprint": task.fingerprint,
+                                                  "config": {"latency_budget": "10ms"}, "int8_weight_max": 64}))
+    monkeypatch.setenv("AUTOCOMPRESS_INT8_WEIGHTS", "8")
+    line = error_line(capsys, search(run_dir))
+    assert "trained its int8 layers on 7-bit weights, not 8; set AUTOCOMPRESS_INT8_WEIGHTS=7 to resume it" in line
+
+
+def test_an_int8_weight_width_that_is_neither_8_nor_7_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AUTOCOMPRESS_INT8_WEIGHTS", "4")
+    line = error_line(capsys, search(tmp_path / "run"))
+    assert "AUTOCOMPRESS_INT8_WEIGHTS='4' is not a weight width; set it to 8 or 7" in line
+    assert not (tmp_path / "run" / "latency_table.json").exists()
+
+
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path, capsys):
     line = error_line(capsys, ["search", "--resume", str(tmp_path)])
     assert "is not a run directory (no run.json and study.db)" in line

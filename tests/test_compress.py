@@ -314,6 +314,34 @@ def test_int8_all_layers(resnet, resnet_inventory, resnet_input, space):
     assert _rel(out, ref) < 0.2
 
 
+@pytest.mark.parametrize(("width", "weight_max"), [("8", 127), ("7", 64)])
+def test_int8_weights_on_the_range_the_cpu_kernels_take(monkeypatch, resnet, resnet_inventory, resnet_input, space,
+                                                          width, weight_max):
+    """Without VNNI, ONNX Runtime's u8 x s8 kernels saturate int16 pair sums past |w| = 64:
+    weights then train and export on 7 bits, ORT's reduce_range grid."""
+    monkeypatch.setenv("AUTOCOMPRESS_INT8_WEIGHTS", width)
+    policy = _policy(space, **{f"bits/{n}": 8 for n in ALL_LAYERS})
+    cand = compress.apply(resnet, resnet_inventory, policy, (resnet_input,), [(resnet_input,)], channel_multiple=MULTIPLE)
+    layers = [m for m in cand.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    assert len(layers) == 10
+    for m in layers:
+        assert m.weight_max == weight_max
+        steps = m._quant_weight() / m.weight_scale.view(-1, *[1] * (m.weight.dim() - 1))
+        torch.testing.assert_close(steps, steps.round(), atol=1e-4, rtol=0)  # on the grid
+        assert float(steps.abs().amax()) == pytest.approx(weight_max)  # the largest weight at its edge
+
+
+def test_int8_weight_width_rejects_other_values(monkeypatch):
+    from autocompress.compress import int8_weight_max
+    from autocompress.errors import UserError
+
+    monkeypatch.setenv("AUTOCOMPRESS_INT8_WEIGHTS", "6")
+    with pytest.raises(UserError, match="AUTOCOMPRESS_INT8_WEIGHTS='6' is not a weight width; set it to 8 or 7"):
+        int8_weight_max()
+    monkeypatch.delenv("AUTOCOMPRESS_INT8_WEIGHTS")
+    assert int8_weight_max() in (64, 127)
+
+
 def test_int8_mixed_policy_forward(resnet, resnet_inventory, resnet_input, mixed_policy):
     cand = compress.apply(resnet, resnet_inventory, mixed_policy, (resnet_input,), channel_multiple=MULTIPLE)
     # Factorized int8 layers are quantized part by part.

@@ -102,6 +102,15 @@ def test_export_errors_are_one_line(mlp_run, tmp_path, capsys):
         export_trial(mlp_run, 0, "onnx", tmp_path, final_finetune_steps=-1)
 
 
+def test_export_keeps_the_int8_weight_range_the_run_trained_on(mlp_run, tmp_path, monkeypatch):
+    recorded = json.loads((mlp_run / "run.json").read_text())["int8_weight_max"]
+    other = "8" if recorded == 64 else "7"
+    monkeypatch.setenv("AUTOCOMPRESS_INT8_WEIGHTS", other)
+    width = "7" if recorded == 64 else "8"
+    with pytest.raises(UserError, match=f"on {width}-bit weights, not {other}; set AUTOCOMPRESS_INT8_WEIGHTS={width} to export"):
+        export_trial(mlp_run, 0, "onnx-int8", tmp_path)
+
+
 @pytest.mark.parametrize("fmt, bits", [("onnx-int8", 8), ("onnx-fp16", 16)])
 def test_export_in_another_precision_with_final_finetune(mlp_run, tmp_path, fmt, bits):
     member = _pareto(mlp_run)["members"][-1]

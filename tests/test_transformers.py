@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -154,6 +155,29 @@ def test_dynamic_int8_linear_runs_integer_kernels(bert, tmp_path):
     dynamic = engine.integer_nodes.get("DynamicQuantizeMatMul", 0) + engine.integer_nodes.get("MatMulIntegerToFloat", 0)
     assert dynamic == len(inv.layers)
     assert engine.output_cosine > 0.999
+
+
+@pytest.mark.parametrize(("width", "weight_max"), [("8", 127), ("7", 64)])
+def test_dynamic_int8_weights_keep_their_grid_in_the_engine(monkeypatch, width, weight_max):
+    """ONNX Runtime's re-quantization of the dynamic layers lands on the grid they trained on,
+    7 bits (reduce_range) included."""
+    monkeypatch.setenv("AUTOCOMPRESS_INT8_WEIGHTS", width)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    x = (torch.randn(1, 5, 16),)
+    student = compress.apply(model, build_inventory(model, x), Policy(bits={"0": 8, "2": 8}), x)
+    layers = [m for m in student.modules() if isinstance(m, DynamicQuantLinear)]
+    assert len(layers) == 2 and all(m.weight_max == weight_max for m in layers)
+    graph = onnx.load_from_string(to_onnx_bytes(student, x)).graph
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    weights = {name: w for name, w in arrays.items() if w.dtype == np.int8 and w.ndim == 2}
+    assert sorted(w.shape for w in weights.values()) == [(16, 32), (32, 8)]
+    for name, w in weights.items():
+        assert int(np.abs(w.astype(int)).max()) == weight_max
+        layer = layers[0] if w.shape == (16, 32) else layers[1]
+        scale = arrays[name.removesuffix("_quantized") + "_scale"]
+        # exact: the engine's weights are the ones the layer trained with
+        np.testing.assert_allclose(w * scale, layer.export_weight().T.numpy(), rtol=1e-6, atol=1e-7)
 
 
 def test_int4_grid_is_idempotent_and_blockwise():

@@ -31,6 +31,7 @@ from autocompress.compress._quant import (
     calibrate,
     insert_activation_quantizers,
     int4_block_weight,
+    int8_weight_max,
     quantize_module,
 )
 from autocompress.inventory import LayerInventory, trace
@@ -52,6 +53,7 @@ __all__ = [
     "factorize",
     "fold_batchnorm",
     "int4_block_weight",
+    "int8_weight_max",
     "spatial_svd_matrix",
     "tucker2",
 ]

@@ -1,8 +1,9 @@
 """Simulated int8 (fake quantization with a straight-through estimator) placed so that the
 exported QDQ graph reaches ONNX Runtime's integer kernels.
 
-Weights: per output channel, symmetric int8. Activations: per tensor, asymmetric uint8 with
-ranges calibrated on real inputs (the U8S8 fast path of x86 integer kernels). Each int8
+Weights: per output channel, symmetric int8 (7 bits where the CPU's integer kernels would
+saturate: :func:`int8_weight_max`). Activations: per tensor, asymmetric uint8 with ranges
+calibrated on real inputs (the U8S8 fast path of x86 integer kernels). Each int8
 layer gets a quantizer on its input (shared between consumers of one tensor) and on its
 output *after* a directly following BatchNorm and ReLU, so the runtime fuses Q -> DQ -> Conv -> ReLU -> Q
 into a single QLinearConv (or QGemm/QLinearMatMul) instead of leaving float math in between.
@@ -10,17 +11,23 @@ into a single QLinearConv (or QGemm/QLinearMatMul) instead of leaving float math
 
 from __future__ import annotations
 
+import functools
+import os
+import platform
+from pathlib import Path
 from typing import Iterable
 
 import torch
 import torch.fx
 from torch import nn
 
+from autocompress.errors import UserError
 from autocompress.inventory import fused_output
 
 __all__ = [
     "ActFakeQuant", "DynamicQuantLinear", "HalfPrecision", "INT4_BLOCK", "Int4Linear", "QuantConv2d", "QuantLinear",
-    "calibrate", "dynamic_fake_quant", "insert_activation_quantizers", "int4_block_weight", "quantize_module",
+    "calibrate", "dynamic_fake_quant", "insert_activation_quantizers", "int4_block_weight", "int8_weight_max",
+    "quantize_module",
 ]
 
 
@@ -53,31 +60,68 @@ class ActFakeQuant(nn.Module):
         self.observing = False
 
 
-def _per_channel_scale(weight: torch.Tensor) -> torch.Tensor:
+WEIGHT_RANGE_ENV = "AUTOCOMPRESS_INT8_WEIGHTS"
+
+
+@functools.lru_cache(maxsize=None)
+def _integer_kernels_saturate() -> bool:
+    """Whether ONNX Runtime's u8 x s8 kernels on this CPU sum pairs of products in int16.
+
+    Without VNNI (x86 with AVX2, or AVX-512 before VNNI) they multiply with VPMADDUBSW, whose
+    int16 sums saturate once a pair of products passes 32767: 255 x 127 x 2 does, 255 x 64 x 2
+    does not. VNNI and AMX accumulate in int32; other architectures widen before adding."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return False
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines()
+                  if line.startswith("flags") and ":" in line), set())
+    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def int8_weight_max() -> int:
+    """The largest int8 weight magnitude: 127, or 64 (ONNX Runtime's ``reduce_range``, 7 bits)
+    where this CPU's integer kernels would saturate and the engine would part from PyTorch.
+
+    ``AUTOCOMPRESS_INT8_WEIGHTS=8`` or ``=7`` sets it for engines meant for another CPU."""
+    wanted = os.environ.get(WEIGHT_RANGE_ENV, "").strip()
+    if wanted not in ("", "7", "8"):
+        raise UserError(f"{WEIGHT_RANGE_ENV}={wanted!r} is not a weight width; set it to 8 or 7, or unset it "
+                        "(7 on CPUs without VNNI, else 8)")
+    if wanted:
+        return 127 if wanted == "8" else 64
+    return 64 if _integer_kernels_saturate() else 127
+
+
+def _per_channel_scale(weight: torch.Tensor, weight_max: int) -> torch.Tensor:
     dims = tuple(range(1, weight.dim()))
-    return (weight.detach().abs().amax(dim=dims).clamp_min(1e-12) / 127.0).float()
+    return (weight.detach().abs().amax(dim=dims).clamp_min(1e-12) / float(weight_max)).float()
 
 
 class _WeightFakeQuant:
-    """Mixin: weight fake-quantized per output channel (int8, symmetric). The scale follows
-    the weight while training and is frozen into a buffer whenever the module enters eval
-    mode, so export sees constants."""
+    """Mixin: weight fake-quantized per output channel (int8, symmetric, at most
+    ``weight_max`` in magnitude). The scale follows the weight while training and is frozen
+    into a buffer whenever the module enters eval mode, so export sees constants."""
 
     weight: nn.Parameter
+    weight_max: int = 127
 
     def _init_quant(self) -> None:
-        self.register_buffer("weight_scale", _per_channel_scale(self.weight))  # type: ignore[attr-defined]
+        self.weight_max = int8_weight_max()
+        self.register_buffer("weight_scale", _per_channel_scale(self.weight, self.weight_max))  # type: ignore[attr-defined]
         self.register_buffer("weight_zero_point", torch.zeros(self.weight.shape[0], dtype=torch.int32))  # type: ignore[attr-defined]
 
     def _quant_weight(self) -> torch.Tensor:
         if self.training:  # type: ignore[attr-defined]
-            self.weight_scale.copy_(_per_channel_scale(self.weight))
+            self.weight_scale.copy_(_per_channel_scale(self.weight, self.weight_max))
         return torch.fake_quantize_per_channel_affine(self.weight, self.weight_scale, self.weight_zero_point, 0, -128, 127)
 
     def train(self, mode: bool = True):  # type: ignore[override]
         super().train(mode)  # type: ignore[misc]
         if not mode:
-            self.weight_scale.copy_(_per_channel_scale(self.weight))
+            self.weight_scale.copy_(_per_channel_scale(self.weight, self.weight_max))
         return self
 
 
@@ -163,7 +207,7 @@ class DynamicQuantLinear(_WeightFakeQuant, nn.Linear):
         """The weight on its int8 grid, as a constant for the export."""
         with torch.no_grad():
             s = self.weight_scale.view(-1, 1)
-            return (torch.round(self.weight / s).clamp(-127, 127) * s).detach()
+            return (torch.round(self.weight / s).clamp(-self.weight_max, self.weight_max) * s).detach()
 
 
 INT4_BLOCK = 32

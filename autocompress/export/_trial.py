@@ -75,7 +75,7 @@ def export_trial(
     from autocompress.inventory import build_inventory
     from autocompress.latency_lut import backend_for_profile
     from autocompress.spaces import SpaceConfig
-    from autocompress.study import _versions, load_recorded_task, read_run_record
+    from autocompress.study import _versions, check_int8_weight_width, load_recorded_task, read_run_record
     from autocompress.task import as_input_tuple
 
     run_dir = Path(run_dir)
@@ -90,6 +90,7 @@ def export_trial(
 
         require_tensorrt()
     manifest = read_run_record(run_dir)
+    check_int8_weight_width(manifest, run_dir, "export from it")
     attrs = _trial_attrs(run_dir, trial)
     checkpoint = candidate_path(run_dir, trial)
     if not checkpoint.is_file():

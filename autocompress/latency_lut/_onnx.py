@@ -98,9 +98,14 @@ def quantize_weight_only_layers(data: bytes, model: nn.Module) -> bytes:
             nodes = _matmul_nodes(proto.graph, dynamic)
             if len(nodes) < len(dynamic):
                 raise RuntimeError(f"found {len(nodes)} MatMul nodes for {len(dynamic)} dynamic int8 layers in the export")
+            widths = {m.weight_max for m in dynamic}
+            if len(widths) > 1:
+                raise RuntimeError(f"dynamic int8 layers of one model on different weight ranges {sorted(widths)}")
             out = Path(tmp) / "dynamic.onnx"
+            # reduce_range: ONNX Runtime's own 7-bit weights, [-64, 64], the grid the layers trained on.
             quantize_dynamic(proto, out, op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8,
-                             nodes_to_quantize=nodes, extra_options={"MatMulConstBOnly": True})
+                             nodes_to_quantize=nodes, reduce_range=widths == {64},
+                             extra_options={"MatMulConstBOnly": True})
             proto = onnx.load(str(out))
         if int4:
             nodes = _matmul_nodes(proto.graph, int4)

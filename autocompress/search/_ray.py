@@ -157,6 +157,7 @@ class WorkerSpec:
     seed: int
     evaluate_every: int = 0
     batch_size: int = 0  # rows per call on the target (SearchConfig.batch_size)
+    int8_weight_max: int = 127  # the driver's int8 weight range (64 where its CPU's integer kernels saturate)
 
 
 def resolve_task_spec(spec: str) -> str:
@@ -204,6 +205,7 @@ def run_trial_on_worker(config: Mapping[str, Any], spec: WorkerSpec) -> None:
 
     node = ray.get_runtime_context().get_node_id()
     tune.report({STEP: 0, "node_id": node})  # the driver learns where the trial runs
+    os.environ["AUTOCOMPRESS_INT8_WEIGHTS"] = "7" if spec.int8_weight_max == 64 else "8"  # the driver's, whatever this node's CPU
     torch.set_num_threads(spec.threads)
     trial_id = int(config["trial"])
     try:
