@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from autocompress import cli
+from autocompress.compress import int8_weight_max
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD = ROOT / "tests" / "fixtures" / "bad_tasks.py"
@@ -192,7 +193,7 @@ def test_corrupted_trial_store_is_refused(tmp_path, capsys):
     run_dir.mkdir()
     config = SearchConfig(task=PLAIN, latency_budget="10ms", trials=1, run_dir=str(run_dir))
     (run_dir / "run.json").write_text(json.dumps({"task": "exported-plainly", "task_fingerprint": "exported-plainly-v1",
-                                                  "config": asdict(config)}))
+                                                  "config": asdict(config), "int8_weight_max": int8_weight_max()}))
     (run_dir / "study.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 300)  # a header, then garbage
     line = error_line(capsys, search(run_dir, PLAIN, "--trials", "1", "--distill-steps", "1"))
     assert "study.db' cannot be opened (" in line and "new --run-dir" in line
@@ -277,7 +278,7 @@ def _run_record(run_dir: Path) -> None:
     (run_dir / "run.json").write_text(json.dumps({
         "task": "exported-plainly", "task_spec": PLAIN, "task_fingerprint": "exported-plainly-v1", "config": asdict(config),
         "metric_name": "accuracy", "higher_is_better": True, "baseline": {"latency_ms": 0.01, "metric": 0.5}, "budget_ms": 10.0,
-        "profile": OrtCpuBackend().profile()}))
+        "profile": OrtCpuBackend().profile(), "int8_weight_max": int8_weight_max()}))
 
 
 def test_report_and_export_name_a_damaged_run_record_or_trial_store(tmp_path, capsys):
