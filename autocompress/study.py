@@ -684,10 +684,10 @@ def check_int8_weight_width(manifest: Mapping, run_dir: Path, to: str) -> None:
     now = compress.int8_weight_max()
     if recorded == now:
         return
-    bits = {127: 8, 64: 7}
+    bits = {m: b for b, m in compress.WEIGHT_MAX_OF_BITS.items()}
     raise UserError(
         f"Run directory {str(run_dir)!r} trained its int8 layers on {bits.get(recorded, recorded)}-bit weights, not "
-        f"{bits[now]}; set AUTOCOMPRESS_INT8_WEIGHTS={bits.get(recorded, recorded)} to {to}."
+        f"{bits[now]}; set {compress.WEIGHT_RANGE_ENV}={bits.get(recorded, recorded)} to {to}."
     )
 
 

@@ -31,6 +31,8 @@ from autocompress.compress._quant import (
     calibrate,
     insert_activation_quantizers,
     int4_block_weight,
+    WEIGHT_MAX_OF_BITS,
+    WEIGHT_RANGE_ENV,
     int8_weight_max,
     quantize_module,
 )
@@ -46,6 +48,8 @@ __all__ = [
     "LowRankConv2d",
     "LowRankLinear",
     "TuckerConv2d",
+    "WEIGHT_MAX_OF_BITS",
+    "WEIGHT_RANGE_ENV",
     "QuantConv2d",
     "QuantLinear",
     "apply",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -27,7 +26,7 @@ from autocompress.inventory import fused_output
 __all__ = [
     "ActFakeQuant", "DynamicQuantLinear", "HalfPrecision", "INT4_BLOCK", "Int4Linear", "QuantConv2d", "QuantLinear",
     "calibrate", "dynamic_fake_quant", "insert_activation_quantizers", "int4_block_weight", "int8_weight_max",
-    "quantize_module",
+    "quantize_module", "WEIGHT_MAX_OF_BITS", "WEIGHT_RANGE_ENV",
 ]
 
 
@@ -61,6 +60,7 @@ class ActFakeQuant(nn.Module):
 
 
 WEIGHT_RANGE_ENV = "AUTOCOMPRESS_INT8_WEIGHTS"
+WEIGHT_MAX_OF_BITS = {8: 127, 7: 64}  # int8 weight magnitudes: full range, or ONNX Runtime's reduce_range
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,15 +70,11 @@ def _integer_kernels_saturate() -> bool:
     Without VNNI (x86 with AVX2, or AVX-512 before VNNI) they multiply with VPMADDUBSW, whose
     int16 sums saturate once a pair of products passes 32767: 255 x 127 x 2 does, 255 x 64 x 2
     does not. VNNI and AMX accumulate in int32; other architectures widen before adding."""
+    from autocompress.latency_lut._backend import cpu_description
+
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
         return False
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = next((set(line.split(":", 1)[1].split()) for line in text.splitlines()
-                  if line.startswith("flags") and ":" in line), set())
-    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(cpu_description()[1])
 
 
 def int8_weight_max() -> int:
@@ -91,8 +87,8 @@ def int8_weight_max() -> int:
         raise UserError(f"{WEIGHT_RANGE_ENV}={wanted!r} is not a weight width; set it to 8 or 7, or unset it "
                         "(7 on CPUs without VNNI, else 8)")
     if wanted:
-        return 127 if wanted == "8" else 64
-    return 64 if _integer_kernels_saturate() else 127
+        return WEIGHT_MAX_OF_BITS[int(wanted)]
+    return WEIGHT_MAX_OF_BITS[7 if _integer_kernels_saturate() else 8]
 
 
 def _per_channel_scale(weight: torch.Tensor, weight_max: int) -> torch.Tensor:

@@ -200,12 +200,14 @@ def run_trial_on_worker(config: Mapping[str, Any], spec: WorkerSpec) -> None:
     import torch
     from ray import tune
 
+    from autocompress.compress import WEIGHT_MAX_OF_BITS, WEIGHT_RANGE_ENV
     from autocompress.evaluators import ProgressHook, evaluate
     from autocompress.study import train_and_export
 
     node = ray.get_runtime_context().get_node_id()
     tune.report({STEP: 0, "node_id": node})  # the driver learns where the trial runs
-    os.environ["AUTOCOMPRESS_INT8_WEIGHTS"] = "7" if spec.int8_weight_max == 64 else "8"  # the driver's, whatever this node's CPU
+    # The driver's int8 weight range, whatever this node's CPU.
+    os.environ[WEIGHT_RANGE_ENV] = str({m: b for b, m in WEIGHT_MAX_OF_BITS.items()}[spec.int8_weight_max])
     torch.set_num_threads(spec.threads)
     trial_id = int(config["trial"])
     try:
