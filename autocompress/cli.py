@@ -413,26 +413,26 @@ def _lut(args: argparse.Namespace) -> int:
         bar = progress.add_task("measuring random candidates", total=args.samples * (2 if args.repeat else 1))
         if not table.is_calibrated(bench.inventory):
             table.calibrate(bench.inventory, bench.space, bench.measure_policies, seed=args.seed)
-        reports = validate(table, bench.inventory, bench.space, bench.measure_with_original, args.samples, args.seed,
-                           on_sample=lambda i: progress.update(bar, completed=i), repeat=args.repeat)
+        result = validate(table, bench.inventory, bench.space, bench.measure_beside, args.samples, args.seed,
+                          on_sample=lambda i: progress.update(bar, completed=i), repeat=args.repeat)
     table.save()
-    absolute, relative = reports[:2]
     if args.json:
-        out = {"task": args.task, "samples": args.samples, "profile": table.profile,
-               **absolute.to_dict(), "relative_to_original": relative.to_dict()}
-        if args.repeat:
-            out["repeatability"] = {"latency": reports[2].to_dict(), "relative_to_original": reports[3].to_dict()}
-        print(json.dumps(out, indent=2))
+        print(json.dumps({"task": args.task, "samples": args.samples, "profile": table.profile, **result.to_dict()}, indent=2))
         return 0
-    for title, report, unit in (("latency", absolute, "us"), ("speed relative to the original, timed in the same round", relative, "x")):
+    for key, title, report in result.views():
+        unit = "x" if key == "relative_to_original" else "us"
         console.print(
             f"{args.samples} random candidates of task {args.task!r}, {title}: median |error| {report.median_abs_error:.1%}, "
             f"within ±10% {report.within_10pct:.0%}, within ±5% {report.within_5pct:.0%}, Spearman {report.spearman:.3f}"
         )
         for w in report.worst(3):
             console.print(f"  {w['policy']}: predicted {w['predicted_us']:.3g}{unit}, measured {w['measured_us']:.3g}{unit} ({w['error']:+.1%})")
-    if args.repeat:
-        for title, report in (("latency", reports[2]), ("speed relative to the original", reports[3])):
+    if result.at_calibration_speed is None:
+        console.print("[yellow]The table's calibration did not time this space's most compressed model: no view at the "
+                      "calibration's speed. Calibrate it for this space with `autocompress lut build` and the same space options.[/]")
+    for key, title, _ in result.views():
+        report = result.repeat.get(key)
+        if report is not None:
             console.print(
                 f"The measurement against itself (second timing vs first), {title}: median |difference| "
                 f"{report.median_abs_error:.1%}, within ±10% {report.within_10pct:.0%}, within ±5% {report.within_5pct:.0%}"

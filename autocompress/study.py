@@ -177,6 +177,13 @@ class Workbench:
         original, measured = self.backend.measure_many([self.original, candidate], rounds=5)
         return measured.median_us, original.median_us
 
+    def measure_beside(self, policy: Policy) -> tuple[float, float, float]:
+        """The candidate, the original and the most compressed model (`tracker`) timed
+        interleaved, round by round (us, us, us)."""
+        candidate = Measurable.from_module(self.candidate(policy), self.task.example_inputs, dynamic_batch=True)
+        original, tracker, measured = self.backend.measure_many([self.original, self.tracker, candidate], rounds=5)
+        return measured.median_us, original.median_us, tracker.median_us
+
 
 def open_workbench(
     task: Task, space_config: SpaceConfig, threads: int, table_path: Path, shared_table: bool, allow_other_profile: bool = False,

@@ -63,12 +63,12 @@ def run_backend(name: str, task, space: SpaceConfig, threads: int, samples: int,
     calibrate_s = time.perf_counter() - t1
     table.save()
     t2 = time.perf_counter()
-    absolute, relative = validate(table, bench.inventory, bench.space, bench.measure_with_original, samples, seed,
-                                  on_sample=lambda i: print(f"[{name}]   candidate {i}/{samples}", flush=True))
+    result = validate(table, bench.inventory, bench.space, bench.measure_beside, samples, seed,
+                      on_sample=lambda i: print(f"[{name}]   candidate {i}/{samples}", flush=True))
     validate_s = time.perf_counter() - t2
     table.save()
     baseline_us = table.predict_us(bench.inventory, bench.space.baseline())
-    for title, report in (("latency", absolute), ("relative to the original", relative)):
+    for _, title, report in result.views():
         print(f"[{name}] {title}: median |error| {report.median_abs_error:.1%}, within ±10% {report.within_10pct:.0%}, "
               f"within ±5% {report.within_5pct:.0%}, Spearman {report.spearman:.3f}", flush=True)
     return {
@@ -76,7 +76,8 @@ def run_backend(name: str, task, space: SpaceConfig, threads: int, samples: int,
         "build_s": build_s, "calibrate_s": calibrate_s, "validate_s": validate_s,
         "calibration": {"scale": calibration.scale, "offset_us": calibration.offset_us, "points": calibration.points},
         "predicted_original_us": baseline_us, "samples": samples,
-        "absolute": absolute.to_dict(), "relative_to_original": relative.to_dict(), "table": str(table_path),
+        "absolute": result.latency.to_dict(), **{key: report.to_dict() for key, _, report in result.views()[1:]},
+        "table": str(table_path),
     }
 
 

@@ -447,6 +447,52 @@ def test_table_calibration_scales_parts_and_restores_them(saved_table, tmp_path,
     assert reopened.predict_us(resnet_inventory, extreme) == pytest.approx(table.predict_us(resnet_inventory, extreme))
 
 
+def test_validation_at_the_calibration_speed_sees_through_the_machine_slowing_down(saved_table, tmp_path, backend, resnet_inventory, space):
+    """Whole models run 30% slower than when the table was calibrated (40% in the second
+    pass), the reference conv 10% slower: the latency view blames the table for the
+    machine, the view at the calibration's speed, brought there by the most compressed
+    model timed beside each candidate, does not; and without that model's calibration
+    point there is no such view."""
+    from autocompress.latency_lut import validate
+
+    path, _entries, _raw, _ref = saved_table
+    copy = tmp_path / "val.json"
+    copy.write_text(path.read_text())
+    table = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
+    ref = table.freeze_reference()
+    truth = {}
+
+    def true_us(p: Policy) -> float:
+        """The model's latency at the calibration's speed."""
+        if p.digest not in truth:
+            now, table._reference = table._reference, (float("inf"), ref)
+            raw, _share, parts = table.sums(resnet_inventory, p)
+            table._reference = now
+            truth[p.digest] = raw - 0.3 * sum(us for k, us in parts.items() if k in ("b8", "b4")) + 25.0
+        return truth[p.digest]
+
+    table.calibrate(resnet_inventory, space, lambda ps: [true_us(p) for p in ps], n_random=16, seed=0, budget_s=0)
+    table._reference = (float("inf"), 1.1 * ref)
+    passes = []
+
+    def measure_beside(p: Policy) -> tuple[float, float, float]:
+        passes.append(p)
+        slower = 1.3 if len(passes) <= 6 else 1.4
+        return slower * true_us(p), slower * true_us(space.baseline()), slower * true_us(space.extreme())
+
+    result = validate(table, resnet_inventory, space, measure_beside, samples=6, seed=1, repeat=True)
+    assert result.latency.median_abs_error > 0.1
+    assert result.at_calibration_speed is not None and result.at_calibration_speed.median_abs_error < 0.03
+    assert [key for key, _, _ in result.views()] == ["latency", "relative_to_original", "at_calibration_speed"]
+    assert result.repeat["latency"].median_abs_error > 0.05 and result.repeat["at_calibration_speed"].median_abs_error < 1e-9
+    assert set(result.to_dict()["repeatability"]) == {"latency", "relative_to_original", "at_calibration_speed"}
+
+    table.calibrations[resnet_inventory.fingerprint].points = [
+        pt for pt in table.calibrations[resnet_inventory.fingerprint].points if pt["policy"] != space.extreme().digest]
+    result = validate(table, resnet_inventory, space, measure_beside, samples=2, seed=1)
+    assert result.at_calibration_speed is None and [key for key, _, _ in result.views()] == ["latency", "relative_to_original"]
+
+
 def test_calibration_adds_models_while_its_budget_allows_and_corrects_drift(saved_table, tmp_path, backend, resnet_inventory, space):
     """Models cost 20 ms each: a 1 s budget takes the first batch (baseline, most compressed,
     every layer int8, 2 random) and then as many more as fit, up to the cap; the machine is 10% slower during

@@ -63,6 +63,9 @@ def test_lut_build_show_validate(tmp_path):
     assert [s["policy"] for s in again] == [s["policy"] for s in report["samples"]]
     assert [s["measured_us"] for s in again] == [s["measured_us"] for s in report["samples"]]
     assert all(s["predicted_us"] > 0 for s in again) and 0.0 <= report["repeatability"]["relative_to_original"]["within_10pct"] <= 1.0
+    # The table's calibration timed the most compressed model: the view a search reports is there too.
+    assert [s["policy"] for s in report["at_calibration_speed"]["samples"]] == [s["policy"] for s in report["samples"]]
+    assert set(report["repeatability"]) == {"latency", "relative_to_original", "at_calibration_speed"}
 
 
 def test_lut_show_without_a_table_says_how_to_build_one(tmp_path):

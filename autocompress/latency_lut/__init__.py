@@ -19,7 +19,7 @@ from autocompress.latency_lut._ort import OrtBackend, OrtCpuBackend, OrtCudaBack
 from autocompress.latency_lut._table import Calibration, LatencyTable, LayerChoiceShape, check_table_path, effective_layers, read_table_file
 from autocompress.latency_lut._tensorrt import TensorRTBackend
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
-from autocompress.latency_lut._validate import FidelityReport, fidelity, validate
+from autocompress.latency_lut._validate import FidelityReport, Validation, fidelity, validate
 
 __all__ = [
     "BACKENDS",
@@ -41,6 +41,7 @@ __all__ = [
     "Timing",
     "TorchCpuBackend",
     "TorchCudaBackend",
+    "Validation",
     "backend_missing",
     "check_backend_name",
     "check_table_path",

@@ -12,7 +12,7 @@ from autocompress.inventory import LayerInventory
 from autocompress.latency_lut._table import LatencyTable
 from autocompress.spaces import Policy, SearchSpace
 
-__all__ = ["FidelityReport", "fidelity", "validate"]
+__all__ = ["FidelityReport", "Validation", "fidelity", "validate"]
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -57,53 +57,106 @@ def fidelity(predicted_us: list[float], measured_us: list[float], labels: list[s
     return report
 
 
+@dataclass
+class Validation:
+    """`validate`'s reports, one per way of judging a prediction against its measurement.
+
+    ``latency``: the predicted latency against the candidate's timing. ``relative``: the
+    predicted speed relative to the original against the ratio measured in the same round.
+    ``at_calibration_speed``: the prediction at the machine speed of the table's calibration
+    against the timing brought to that speed by the most compressed model timed beside it,
+    as a search judges its own engines (None where the calibration did not time that
+    model). ``repeat`` (with ``repeat=True``): per view, the second timing of every candidate
+    against the first, the bound no table can be judged beyond."""
+
+    latency: FidelityReport
+    relative: FidelityReport
+    at_calibration_speed: FidelityReport | None = None
+    repeat: dict[str, FidelityReport] = field(default_factory=dict)
+
+    VIEWS = (("latency", "latency"), ("relative_to_original", "speed relative to the original, timed in the same round"),
+             ("at_calibration_speed", "at the calibration's machine speed, by the most compressed model timed beside it"))
+
+    def views(self) -> list[tuple[str, str, FidelityReport]]:
+        """(key, title, report) of every view this validation has."""
+        reports = {"latency": self.latency, "relative_to_original": self.relative, "at_calibration_speed": self.at_calibration_speed}
+        return [(key, title, reports[key]) for key, title in self.VIEWS if reports[key] is not None]
+
+    def to_dict(self) -> dict:
+        out = {**self.latency.to_dict(), **{key: r.to_dict() for key, _, r in self.views()[1:]}}
+        if self.repeat:
+            out["repeatability"] = {key: r.to_dict() for key, r in self.repeat.items()}
+        return out
+
+
+def _tracker_point(table: LatencyTable, inventory: LayerInventory, tracker: Policy) -> dict | None:
+    """The calibration's point of the most compressed model: its sum and its timing at the
+    machine speed the calibration was fitted at."""
+    calibration = table.calibrations.get(inventory.fingerprint)
+    points = calibration.points if calibration is not None else []
+    return next((p for p in points if p.get("policy") == tracker.digest), None)
+
+
+def _predict_at_calibration_speed(table: LatencyTable, inventory: LayerInventory, policy: Policy, tracker: Policy, point: dict) -> float:
+    """The prediction with every entry at the reference speed of the calibration: the
+    entries are rescaled to the reference of the moment, so the tracker's sum now against
+    its sum in the calibration is that speed's ratio."""
+    speed = point["raw_us"] / table.raw_us(inventory, tracker)
+    raw, share, parts = table.sums(inventory, policy)
+    calibration = table.calibrations[inventory.fingerprint]
+    return calibration.apply(raw * speed, share, {k: v * speed for k, v in parts.items()})
+
+
 def validate(
     table: LatencyTable,
     inventory: LayerInventory,
     space: SearchSpace,
-    measure_with_original: Callable[[Policy], tuple[float, float]],
+    measure_beside: Callable[[Policy], tuple[float, float, float]],
     samples: int,
     seed: int = 0,
     on_sample: Callable[[int], None] | None = None,
     repeat: bool = False,
-) -> tuple[FidelityReport, FidelityReport] | tuple[FidelityReport, FidelityReport, FidelityReport, FidelityReport]:
+) -> Validation:
     """Draw ``samples`` random policies; predict each, then build, export and time it end to
-    end, interleaved with the original model.
+    end, interleaved with the original model and the space's most compressed one.
 
-    Returns two reports: the error of the predicted latency itself, and the error of the
-    predicted speed relative to the original (predicted ratio against the ratio measured
-    in the same round), which machine drift between minutes cannot touch.
-    ``measure_with_original(policy)`` returns (candidate us, original us).
-
-    With ``repeat``, every candidate is timed a second time after all the first timings
-    (minutes later on a big sample), and two more reports say how well the measurement
-    agrees with itself, as latency and as relative speed: a table cannot be judged closer
-    to the measurements than they are to each other.
+    ``measure_beside(policy)`` returns (candidate us, original us, most compressed us), timed
+    in the same rounds. See `Validation` for the views; the relative ones are what machine
+    drift between minutes cannot touch. With ``repeat``, every candidate is timed a second
+    time after all the first timings (minutes later on a big sample).
     """
     rng = random.Random(seed)
-    baseline = space.baseline()
+    baseline, tracker = space.baseline(), space.extreme()
+    point = _tracker_point(table, inventory, tracker)
     policies = [space.sample(rng) for _ in range(samples)]
-    predicted, measured, labels = [], [], []
-    predicted_ratio, measured_ratio = [], []
+    labels = [policy.digest for policy in policies]
+    predicted, predicted_ratio, predicted_at_cal = [], [], []
+    timings: list[tuple[float, float, float]] = []
     for i, policy in enumerate(policies):
-        p = table.predict_us(inventory, policy)
-        p_base = table.predict_us(inventory, baseline)
-        m, m_base = measure_with_original(policy)
-        predicted.append(p)
-        measured.append(m)
-        predicted_ratio.append(p / p_base)
-        measured_ratio.append(m / m_base)
-        labels.append(policy.digest)
+        predicted.append(table.predict_us(inventory, policy))
+        predicted_ratio.append(predicted[-1] / table.predict_us(inventory, baseline))
+        if point is not None:
+            predicted_at_cal.append(_predict_at_calibration_speed(table, inventory, policy, tracker, point))
+        timings.append(measure_beside(policy))
         if on_sample is not None:
             on_sample(i + 1)
-    reports = (fidelity(predicted, measured, labels), fidelity(predicted_ratio, measured_ratio, labels))
-    if not repeat:
-        return reports
-    again, again_ratio = [], []
-    for i, policy in enumerate(policies):
-        m, m_base = measure_with_original(policy)
-        again.append(m)
-        again_ratio.append(m / m_base)
-        if on_sample is not None:
-            on_sample(samples + i + 1)
-    return (*reports, fidelity(again, measured, labels), fidelity(again_ratio, measured_ratio, labels))
+
+    def views(timed: list[tuple[float, float, float]]) -> dict[str, list[float]]:
+        out = {"latency": [m for m, _, _ in timed], "relative_to_original": [m / o for m, o, _ in timed]}
+        if point is not None:
+            out["at_calibration_speed"] = [m * point["measured_us"] / t for m, _, t in timed]
+        return out
+
+    measured = views(timings)
+    result = Validation(
+        fidelity(predicted, measured["latency"], labels), fidelity(predicted_ratio, measured["relative_to_original"], labels),
+        fidelity(predicted_at_cal, measured["at_calibration_speed"], labels) if point is not None else None,
+    )
+    if repeat:
+        again = []
+        for i, policy in enumerate(policies):
+            again.append(measure_beside(policy))
+            if on_sample is not None:
+                on_sample(samples + i + 1)
+        result.repeat = {key: fidelity(values, measured[key], labels) for key, values in views(again).items()}
+    return result
