@@ -53,6 +53,9 @@ def _target_and_space_options(p: argparse.ArgumentParser) -> None:
                    help="how factorized kxk convs are split: svd (spatial SVD, default), tucker2 (1x1, kxk, 1x1), or svd,tucker2 to search both")
     p.add_argument("--importance", choices=("l1", "l2", "taylor"), default=None,
                    help="which channels pruning removes: weight magnitude (l1, default; l2) or first-order Taylor on data")
+    p.add_argument("--calibration-seconds", type=float, default=30.0, metavar="S",
+                   help="time the latency table's calibration may spend on more random whole models after its first "
+                        "batch (default 30; 0: the first batch only, about a dozen models)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,7 +266,7 @@ def _search(args: argparse.Namespace) -> int:
         space=space, lr_given=args.lr is not None, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
         final_finetune=args.final_finetune,
         backend=args.backend, batch_size=args.batch_size, max_metric_drop=args.max_metric_drop,
-        ray=ray,
+        ray=ray, calibration_seconds=args.calibration_seconds,
     )
     run_search(config, console=_console())
     return 0
@@ -371,7 +374,7 @@ def _lut(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from autocompress.latency_lut import check_backend_name, check_table_path, read_table_file
-    from autocompress.study import open_workbench
+    from autocompress.study import check_calibration_seconds, open_workbench
     from autocompress.task import load_task
 
     console = _console()
@@ -384,6 +387,7 @@ def _lut(args: argparse.Namespace) -> int:
     check_backend_name(args.backend)
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, but got {args.threads}.")
+    check_calibration_seconds(args.calibration_seconds)
     if args.table:
         check_table_path(Path(args.table))
         if Path(args.table).is_file():
@@ -400,7 +404,7 @@ def _lut(args: argparse.Namespace) -> int:
             n = table.build(bench.inventory, bench.space, on_entry=lambda i, total: progress.update(bar, completed=i, total=total))
             table.save()
             progress.update(bar, description="calibrating on whole models", completed=0, total=None)
-            cal = table.calibrate(bench.inventory, bench.space, bench.measure_policies)
+            cal = table.calibrate(bench.inventory, bench.space, bench.measure_policies, budget_s=args.calibration_seconds)
         table.save()
         console.print(
             f"{path}: {n} entries measured now ({len(table.entries)} in all) in {time.perf_counter() - t0:.1f} s; "
@@ -412,7 +416,7 @@ def _lut(args: argparse.Namespace) -> int:
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("measuring random candidates", total=args.samples * (2 if args.repeat else 1))
         if not table.is_calibrated(bench.inventory):
-            table.calibrate(bench.inventory, bench.space, bench.measure_policies, seed=args.seed)
+            table.calibrate(bench.inventory, bench.space, bench.measure_policies, seed=args.seed, budget_s=args.calibration_seconds)
         result = validate(table, bench.inventory, bench.space, bench.measure_beside, args.samples, args.seed,
                           on_sample=lambda i: progress.update(bar, completed=i), repeat=args.repeat)
     table.save()

@@ -33,7 +33,9 @@ from autocompress.export import (
     write_sidecar,
 )
 from autocompress.inventory import build_inventory
-from autocompress.latency_lut import DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend
+from autocompress.latency_lut import (
+    CALIBRATION_BUDGET_S, DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend,
+)
 from autocompress.latency_lut import fidelity as table_fidelity  # `fidelity` names the run's figures below
 from autocompress.report import pareto_front, write_report
 from autocompress.search import (
@@ -64,6 +66,7 @@ class SearchConfig:
     space: SpaceConfig = SpaceConfig()
     threads: int = 1
     calibration_batches: int = 4
+    calibration_seconds: float = CALIBRATION_BUDGET_S  # the table's calibration: time for whole models past its first batch
     max_proposals_per_trial: int = 50
     share_table: bool = True
     allow_other_profile: bool = False
@@ -87,6 +90,7 @@ class SearchConfig:
         check_backend_name(self.backend)
         if self.batch_size < 0:
             raise UserError(f"--batch-size must be at least 1, but got {self.batch_size}.")
+        check_calibration_seconds(self.calibration_seconds)
         if self.max_metric_drop is not None and not (math.isfinite(self.max_metric_drop) and self.max_metric_drop >= 0):
             raise UserError(f"--max-metric-drop must be a number >= 0 in the task metric's units (0.01 = one point), but got {self.max_metric_drop}.")
 
@@ -100,6 +104,11 @@ class SearchConfig:
         space = {k: tuple(v) if isinstance(v, list) else v for k, v in data.get("space", {}).items()}
         ray = RayConfig(**data["ray"]) if data.get("ray") else None
         return cls(**plain, distill=DistillConfig(**distill), space=SpaceConfig(**space), ray=ray)
+
+
+def check_calibration_seconds(seconds: float) -> None:
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise UserError(f"--calibration-seconds must be a number of seconds >= 0, but got {seconds}.")
 
 
 def metric_shortfall(metric: float, floor: float | None, higher_is_better: bool) -> float | None:
@@ -457,7 +466,7 @@ def run_search(
     enter_phase("table")
     with console.status("Measuring the latency table on the target ..."):
         if not table.is_calibrated(inventory):
-            table.calibrate(inventory, space, bench.measure_policies, seed=config.seed)
+            table.calibrate(inventory, space, bench.measure_policies, seed=config.seed, budget_s=config.calibration_seconds)
         fastest_policy, fastest_us = table.fastest(inventory, space)
         # Refuse a budget only when both the line and its local correction put it out of
         # reach: the correction borrows the bias of whatever was measured at a similar sum.

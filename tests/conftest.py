@@ -130,6 +130,7 @@ def mlp_run(tmp_path_factory: pytest.TempPathFactory, isolated_cache):
     config = SearchConfig(
         task=MLP_TASK, latency_budget="10ms", trials=3, run_dir=str(run_dir), seed=0, distill=DistillConfig(steps=5),
         space=SpaceConfig(prune_ratios=(0.0, 0.5), bits=(32, 8), rank_ratios=(1.0,)), calibration_batches=1, share_table=False,
+        calibration_seconds=0.0,
     )
     run_search(config, console=Console(file=io.StringIO()))
     return run_dir

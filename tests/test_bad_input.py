@@ -261,6 +261,13 @@ def test_lut_commands_refuse_a_damaged_table_or_a_directory_before_measuring(tmp
         assert f"Latency table path {str(tmp_path)!r} is a directory; give --table a .json file path." in line
 
 
+def test_lut_calibration_seconds_must_be_a_time_before_the_task_loads(tmp_path, capsys):
+    for command in ("build", "validate"):
+        for value in ("-5", "nan"):
+            line = error_line(capsys, ["lut", command, "--calibration-seconds", value, "--task", f"{tmp_path / 'missing.py'}:build"])
+            assert f"--calibration-seconds must be a number of seconds >= 0, but got {float(value)}." in line
+
+
 def test_lut_build_and_validate_take_allow_other_profile_as_the_refusal_suggests():
     for command in ("build", "validate"):
         assert cli.build_parser().parse_args(["lut", command, "--allow-other-profile"]).allow_other_profile

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = f"{ROOT / 'examples' / 'digits_task.py'}:build"
+MLP = f"{ROOT / 'tests' / 'fixtures' / 'mlp_task.py'}:build"
 BAD = ROOT / "tests" / "fixtures" / "bad_tasks.py"
 
 
@@ -42,6 +42,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         (["--latency-budget", "0ms"], ["must be positive"]),
         (["--latency-budget", "0.5x", "--searcher", "annealing"], ["Unknown searcher 'annealing'", "tpe"]),
         (["--latency-budget", "0.5x", "--trials", "0"], ["--trials"]),
+        (["--latency-budget", "0.5x", "--calibration-seconds", "-1"], ["--calibration-seconds", ">= 0"]),
         (["--latency-budget", "0.5x", "--prune-ratios", "0,1.5"], ["prune ratios must be in [0, 1)"]),
     ],
 )
@@ -57,7 +58,8 @@ def test_missing_required_budget_is_a_usage_error(tmp_path):
 
 def test_budget_below_fastest_candidate_names_the_reachable_latency_and_keeps_the_table(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli("search", "--task", EXAMPLE, "--latency-budget", "1us", "--run-dir", str(run_dir), cache=tmp_path / "cache", cwd=tmp_path)
+    proc = run_cli("search", "--task", MLP, "--latency-budget", "1us", "--run-dir", str(run_dir), "--calibration-seconds", "0",
+                   cache=tmp_path / "cache", cwd=tmp_path)
     assert_one_line_error(proc, "below the fastest latency", "ms predicted by the latency table")
     assert (run_dir / "latency_table.json").is_file(), "the measured table must survive the error"
 

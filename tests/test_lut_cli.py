@@ -40,9 +40,19 @@ def test_lut_build_show_validate(tmp_path):
     assert len(data["calibrations"]) == 1
     assert "entries measured now" in built.stdout
 
-    again = cli("lut", "build", "--task", MLP, "--table", str(table), tmp=tmp_path)
+    again = cli("lut", "build", "--task", MLP, "--table", str(table), "--calibration-seconds", "0", tmp=tmp_path)
     assert again.returncode == 0
     assert "0 entries measured now" in again.stdout  # everything reachable is already there
+    # No time past the first batch: baseline, most compressed, each uniform precision, 8 random models.
+    from autocompress.inventory import build_inventory
+    from autocompress.spaces import SpaceConfig, build_space
+    from autocompress.task import load_task
+
+    task = load_task(MLP)
+    first_batch = 2 + len(build_space(build_inventory(task.model, task.example_inputs), SpaceConfig()).uniform_precisions()) + 8
+    (recalibrated,) = json.loads(table.read_text())["calibrations"].values()
+    assert len(recalibrated["points"]) == first_batch < len(data["calibrations"][next(iter(data["calibrations"]))]["points"])
+    data = json.loads(table.read_text())
 
     shown = cli("lut", "show", "--table", str(table), tmp=tmp_path)
     assert shown.returncode == 0

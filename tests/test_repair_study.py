@@ -22,7 +22,7 @@ SPACE = SpaceConfig(prune_ratios=(0.0, 0.5, 0.75), rank_ratios=(1.0,), channel_m
 
 def _config(run_dir: Path, budget: str, **kw) -> SearchConfig:
     return SearchConfig(task=EXAMPLE, latency_budget=budget, trials=1, run_dir=str(run_dir), seed=0,
-                        distill=DistillConfig(steps=2), space=SPACE, calibration_batches=1, **kw)
+                        distill=DistillConfig(steps=2), space=SPACE, calibration_batches=1, calibration_seconds=0.0, **kw)
 
 
 @pytest.mark.slow  # measures a latency table and fine-tunes: minutes on 2 shared cores

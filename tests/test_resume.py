@@ -20,7 +20,7 @@ TRIALS = 4
 
 def _command(run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "autocompress", "search", "--task", MLP, "--latency-budget", "10ms",
-            "--trials", str(TRIALS), "--distill-steps", "150", "--seed", "3", "--run-dir", str(run_dir)]
+            "--trials", str(TRIALS), "--distill-steps", "150", "--seed", "3", "--run-dir", str(run_dir), "--calibration-seconds", "0"]
 
 
 def _env(tmp: Path) -> dict:

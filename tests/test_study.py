@@ -25,7 +25,7 @@ def _config(run_dir: Path, budget: str, trials: int = 3, **kw) -> SearchConfig:
     return SearchConfig(
         task=EXAMPLE, latency_budget=budget, trials=trials, run_dir=str(run_dir), seed=0,
         distill=DistillConfig(steps=4), space=SpaceConfig(prune_ratios=(0.0, 0.5, 0.75), rank_ratios=(1.0,), channel_multiple=4),
-        calibration_batches=1, **kw,
+        calibration_batches=1, calibration_seconds=0.0, **kw,
     )
 
 

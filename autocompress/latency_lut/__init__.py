@@ -16,13 +16,16 @@ from autocompress.latency_lut._factory import (
 )
 from autocompress.latency_lut._onnx import OPSET, feeds_for, input_names, to_onnx_bytes
 from autocompress.latency_lut._ort import OrtBackend, OrtCpuBackend, OrtCudaBackend, OrtTensorrtBackend
-from autocompress.latency_lut._table import Calibration, LatencyTable, LayerChoiceShape, check_table_path, effective_layers, read_table_file
+from autocompress.latency_lut._table import (
+    CALIBRATION_BUDGET_S, Calibration, LatencyTable, LayerChoiceShape, check_table_path, effective_layers, read_table_file,
+)
 from autocompress.latency_lut._tensorrt import TensorRTBackend
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
 from autocompress.latency_lut._validate import FidelityReport, Validation, fidelity, validate
 
 __all__ = [
     "BACKENDS",
+    "CALIBRATION_BUDGET_S",
     "DEFAULT_BACKEND",
     "OPSET",
     "Calibration",
