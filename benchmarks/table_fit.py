@@ -15,7 +15,8 @@ judged as speed relative to the original, which the drift does not move. The tab
 are computed by the checkout on the import path; a calibration (scales per part and local correction,
 as `LatencyTable.calibrate` fits it) is fitted on k candidates of the first pass and
 predicts the others, judged against their second pass, over 20 random splits per k; both
-the table's calibration by part and one line through the plain sums are reported.
+the table's calibration by part and one line through the plain sums are reported, and the
+table's own calibration where it has one (the one `lut build` fitted on its whole models).
 """
 
 from __future__ import annotations
@@ -84,6 +85,27 @@ def candidate_sums(measured: dict, table_path: Path) -> list[tuple[float, float,
     bench = open_workbench(load_task(measured["task"], 0), SpaceConfig(), 1, table_path, shared_table=False)
     bench.table.freeze_reference()
     return [bench.table.sums(bench.inventory, Policy.from_dict(p)) for p in measured["policies"]]
+
+
+def own_calibration(measured: dict, table_path: Path) -> dict | None:
+    """The table's own calibration (as `lut build` or a search fitted it) on ``measured``:
+    each candidate's predicted speed relative to the original's prediction, against both
+    passes; None for a table without a calibration of the task."""
+    from autocompress.spaces import Policy, SpaceConfig
+    from autocompress.study import open_workbench
+    from autocompress.task import load_task
+
+    bench = open_workbench(load_task(measured["task"], 0), SpaceConfig(), 1, table_path, shared_table=False)
+    if not bench.table.is_calibrated(bench.inventory):
+        return None
+    bench.table.freeze_reference()
+    base = bench.table.predict_us(bench.inventory, bench.space.baseline())
+    predicted = np.array([bench.table.predict_us(bench.inventory, Policy.from_dict(p)) for p in measured["policies"]]) / base
+    out = {}
+    for name, timings in zip(("first pass", "second pass"), measured["relative"]):
+        err = np.abs(predicted / np.array(timings) - 1)
+        out[name] = {"median_abs": float(np.median(err)), "within_10pct": float(np.mean(err <= 0.1)), "within_5pct": float(np.mean(err <= 0.05))}
+    return out
 
 
 def evaluate(measured: dict, table_path: Path, fit_on: dict | None = None) -> dict:
@@ -156,6 +178,10 @@ def main() -> None:
     bound = figures["in_sample"]
     print(f"the parts fitted on all {measured['samples']} candidates themselves (in sample): median {bound['median_abs']:.1%}, "
           f"within ±10% {bound['within_10pct']:.1%}, within ±5% {bound['within_5pct']:.0%}")
+    own = own_calibration(measured, Path(args.table))
+    for name, f in (own or {}).items():
+        print(f"the table's own calibration, relative to the original's prediction, against the {name}: median "
+              f"{f['median_abs']:.1%}, within ±10% {f['within_10pct']:.1%}, within ±5% {f['within_5pct']:.0%}")
     if args.compare_table:
         both = (np.array(measured["relative"][0]) + np.array(measured["relative"][1])) / 2
         other = in_sample_errors([s[2] for s in candidate_sums(measured, Path(args.compare_table))], both)
@@ -167,7 +193,7 @@ def main() -> None:
             print(f"| {model} | {k} | {f['median_abs']:.1%} | {f['within_10pct']:.1%} | {f['within_5pct']:.0%} |")
     if args.out and not args.measured:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / args.out).write_text(json.dumps({**measured, "figures": figures}, indent=1))
+        (RESULTS / args.out).write_text(json.dumps({**measured, "figures": {**figures, "own_calibration": own}}, indent=1))
 
 
 if __name__ == "__main__":
