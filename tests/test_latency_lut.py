@@ -564,6 +564,30 @@ def test_entries_are_rescaled_to_the_machine_speed_of_now(saved_table, backend, 
     assert table.raw_us(resnet_inventory, policy) == pytest.approx(1.5 * base)
 
 
+def test_calibrated_predictions_follow_the_machine_speed_as_a_whole(saved_table, tmp_path, backend, resnet_inventory, space, policy):
+    """On a machine 1.5x slower (by the reference), a calibrated prediction is 1.5x the one
+    at the calibration's speed, offset included, so ratios of predictions do not move; points
+    that do not record their reference (older tables) scale the sum alone, as before."""
+    path, _entries, _raw, _ref = saved_table
+    copy = tmp_path / "speed.json"
+    copy.write_text(path.read_text())
+    table = LatencyTable.open(copy, backend, channel_multiple=MULTIPLE)
+    ref = table.freeze_reference()
+    table.calibrate(resnet_inventory, space, lambda ps: [0.8 * table.raw_us(resnet_inventory, p) + 200.0 for p in ps],
+                    n_random=8, seed=0, budget_s=0)
+    cal = table.calibrations[resnet_inventory.fingerprint]
+    assert all(pt["ref_us"] == ref for pt in cal.points)
+    base, candidate = (table.predict_us(resnet_inventory, p) for p in (space.baseline(), policy))
+    table._reference = (float("inf"), 1.5 * ref)
+    assert table.predict_us(resnet_inventory, policy) == pytest.approx(1.5 * candidate, rel=1e-9)
+    assert table.predict_us(resnet_inventory, policy) / table.predict_us(resnet_inventory, space.baseline()) == pytest.approx(candidate / base)
+    for pt in cal.points:
+        pt.pop("ref_us")
+    cal.points = list(cal.points)  # a new list: what the cached reference of the points keys on
+    assert cal.speed(1.5 * ref) == 1.0
+    assert table.predict_us(resnet_inventory, policy) < 1.5 * candidate  # the offset stays where it was fitted
+
+
 def test_reference_speed_is_the_median_of_the_last_minute(tmp_path, backend, monkeypatch):
     """One jittery timing of the reference must not rescale every prediction; a lasting
     change of the machine's speed must."""

@@ -407,12 +407,23 @@ class Calibration:
 
     scale: float = 1.0
     offset_us: float = 0.0
-    points: list[dict] = field(default_factory=list)  # {"policy": digest, "raw_us", "int_share", "parts", "measured_us"}
+    points: list[dict] = field(default_factory=list)  # {"policy": digest, "raw_us", "int_share", "parts", "measured_us", "ref_us"}
     part_scales: dict[str, float] = field(default_factory=dict)  # empty: the line alone
     parts_offset_us: float = 0.0
 
     def line(self, raw_us: float) -> float:
         return self.scale * raw_us + self.offset_us
+
+    def speed(self, reference_us: float | None) -> float:
+        """How much slower the machine runs at the reference latency ``reference_us`` than
+        when the points were measured (the median of the references their sums were taken
+        at); 1.0 where the points do not record it."""
+        key = (id(self.points), len(self.points))  # points are only ever appended
+        if getattr(self, "_reference_cache", (None,))[0] != key:
+            refs = [p["ref_us"] for p in self.points if p.get("ref_us")]
+            self._reference_cache = (key, float(np.median(refs)) if refs else None)
+        points_ref = self._reference_cache[1]
+        return reference_us / points_ref if points_ref and reference_us else 1.0
 
     def describe(self) -> str:
         """The fit in one line, as `lut build` and `lut show` print it."""
@@ -751,7 +762,8 @@ class LatencyTable:
 
     def _point(self, inventory: LayerInventory, policy: Policy, measured_us: float) -> dict:
         raw, share, parts = self.sums(inventory, policy)
-        return {"policy": policy.digest, "raw_us": raw, "int_share": share, "parts": parts, "measured_us": float(measured_us)}
+        return {"policy": policy.digest, "raw_us": raw, "int_share": share, "parts": parts, "measured_us": float(measured_us),
+                "ref_us": self._reference[1] if self._reference is not None else None}
 
     def raw_us(self, inventory: LayerInventory, policy: Policy) -> float:
         """Plain sum of the layers' table entries (measuring what is missing), at the
@@ -816,7 +828,11 @@ class LatencyTable:
         calibration = self.calibrations.get(inventory.fingerprint)
         if calibration is None:
             return raw
-        return calibration.apply(raw, share, parts) if local else calibration.model(raw, parts)
+        # The whole prediction follows the machine's speed, not the sum alone: a fit's offset
+        # is time too, and a ratio of two predictions should not move with the speed.
+        speed = calibration.speed(self._reference[1] if self._reference is not None else None)
+        raw, parts = raw / speed, {k: v / speed for k, v in parts.items()}
+        return speed * (calibration.apply(raw, share, parts) if local else calibration.model(raw, parts))
 
     def fastest(self, inventory: LayerInventory, space: SearchSpace, passes: int = 2) -> tuple[Policy, float]:
         """The fastest policy the space offers by the table, and its predicted latency (us);
