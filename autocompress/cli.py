@@ -431,6 +431,12 @@ def _lut(args: argparse.Namespace) -> int:
         )
         for w in report.worst(3):
             console.print(f"  {w['policy']}: predicted {w['predicted_us']:.3g}{unit}, measured {w['measured_us']:.3g}{unit} ({w['error']:+.1%})")
+    def beside(name: str, key: str) -> str:
+        now, then = result.machine[f"{key}_us"], result.machine[f"{key}_calibration_us"]
+        return f"{name} {now:.0f} us" + (f" (in the calibration {then:.0f} us, {now / then - 1:+.1%})" if then else "")
+
+    console.print("Timed beside the candidates (median): "
+                  f"{beside('the original', 'original')}; {beside('the most compressed model', 'most_compressed')}")
     if result.at_calibration_speed is None:
         console.print("[yellow]The table's calibration did not time this space's most compressed model: no view at the "
                       "calibration's speed. Calibrate it for this space with `autocompress lut build` and the same space options.[/]")

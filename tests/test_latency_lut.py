@@ -486,6 +486,9 @@ def test_validation_at_the_calibration_speed_sees_through_the_machine_slowing_do
     assert [key for key, _, _ in result.views()] == ["latency", "relative_to_original", "at_calibration_speed"]
     assert result.repeat["latency"].median_abs_error > 0.05 and result.repeat["at_calibration_speed"].median_abs_error < 1e-9
     assert set(result.to_dict()["repeatability"]) == {"latency", "relative_to_original", "at_calibration_speed"}
+    # Both whole models timed beside the candidates ran 30% slower than in the calibration.
+    assert result.machine["original_us"] / result.machine["original_calibration_us"] == pytest.approx(1.3)
+    assert result.machine["most_compressed_us"] / result.machine["most_compressed_calibration_us"] == pytest.approx(1.3)
 
     table.calibrations[resnet_inventory.fingerprint].points = [
         pt for pt in table.calibrations[resnet_inventory.fingerprint].points if pt["policy"] != space.extreme().digest]

@@ -76,6 +76,10 @@ def test_lut_build_show_validate(tmp_path):
     # The table's calibration timed the most compressed model: the view a search reports is there too.
     assert [s["policy"] for s in report["at_calibration_speed"]["samples"]] == [s["policy"] for s in report["samples"]]
     assert set(report["repeatability"]) == {"latency", "relative_to_original", "at_calibration_speed"}
+    assert all(report["machine"][k] > 0 for k in ("original_us", "original_calibration_us", "most_compressed_us", "most_compressed_calibration_us"))
+    printed = cli("lut", "validate", "--task", MLP, "--table", str(table), "--samples", "2", tmp=tmp_path)
+    assert printed.returncode == 0 and "Timed beside the candidates (median): the original" in printed.stdout
+    assert "at the calibration's machine speed" in printed.stdout
 
 
 def test_lut_show_without_a_table_says_how_to_build_one(tmp_path):

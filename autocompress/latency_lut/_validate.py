@@ -67,12 +67,17 @@ class Validation:
     against the timing brought to that speed by the most compressed model timed beside it,
     as a search judges its own engines (None where the calibration did not time that
     model). ``repeat`` (with ``repeat=True``): per view, the second timing of every candidate
-    against the first, the bound no table can be judged beyond."""
+    against the first, the bound no table can be judged beyond. ``machine``: the original's
+    and the most compressed model's median timings beside the candidates, and their timings
+    in the calibration where it has them: a machine whose speed moved since the
+    calibration, or moved unevenly (compressed models slowed more than the float original),
+    shows there."""
 
     latency: FidelityReport
     relative: FidelityReport
     at_calibration_speed: FidelityReport | None = None
     repeat: dict[str, FidelityReport] = field(default_factory=dict)
+    machine: dict[str, float | None] = field(default_factory=dict)
 
     VIEWS = (("latency", "latency"), ("relative_to_original", "speed relative to the original, timed in the same round"),
              ("at_calibration_speed", "at the calibration's machine speed, by the most compressed model timed beside it"))
@@ -86,15 +91,16 @@ class Validation:
         out = {**self.latency.to_dict(), **{key: r.to_dict() for key, _, r in self.views()[1:]}}
         if self.repeat:
             out["repeatability"] = {key: r.to_dict() for key, r in self.repeat.items()}
+        out["machine"] = self.machine
         return out
 
 
-def _tracker_point(table: LatencyTable, inventory: LayerInventory, tracker: Policy) -> dict | None:
-    """The calibration's point of the most compressed model: its sum and its timing at the
-    machine speed the calibration was fitted at."""
+def _calibration_point(table: LatencyTable, inventory: LayerInventory, policy: Policy) -> dict | None:
+    """The calibration's point of ``policy`` (the first, where a search added more): its sum
+    and its timing at the machine speed the calibration was fitted at."""
     calibration = table.calibrations.get(inventory.fingerprint)
     points = calibration.points if calibration is not None else []
-    return next((p for p in points if p.get("policy") == tracker.digest), None)
+    return next((p for p in points if p.get("policy") == policy.digest), None)
 
 
 def _predict_at_calibration_speed(table: LatencyTable, inventory: LayerInventory, policy: Policy, tracker: Policy, point: dict) -> float:
@@ -127,7 +133,7 @@ def validate(
     """
     rng = random.Random(seed)
     baseline, tracker = space.baseline(), space.extreme()
-    point = _tracker_point(table, inventory, tracker)
+    point = _calibration_point(table, inventory, tracker)
     policies = [space.sample(rng) for _ in range(samples)]
     labels = [policy.digest for policy in policies]
     predicted, predicted_ratio, predicted_at_cal = [], [], []
@@ -148,9 +154,14 @@ def validate(
         return out
 
     measured = views(timings)
+    base_point = _calibration_point(table, inventory, baseline)
     result = Validation(
         fidelity(predicted, measured["latency"], labels), fidelity(predicted_ratio, measured["relative_to_original"], labels),
         fidelity(predicted_at_cal, measured["at_calibration_speed"], labels) if point is not None else None,
+        machine={"original_us": float(np.median([o for _, o, _ in timings])) if timings else None,
+                 "original_calibration_us": base_point["measured_us"] if base_point is not None else None,
+                 "most_compressed_us": float(np.median([t for _, _, t in timings])) if timings else None,
+                 "most_compressed_calibration_us": point["measured_us"] if point is not None else None},
     )
     if repeat:
         again = []
