@@ -22,6 +22,7 @@ table's own calibration where it has one (the one `lut build` fitted on its whol
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import sys
@@ -76,13 +77,21 @@ def in_sample_errors(parts: list[dict], relative: np.ndarray) -> np.ndarray:
     return fit_relative(x, relative)(x) / relative - 1
 
 
-def candidate_sums(measured: dict, table_path: Path) -> list[tuple[float, float, dict]]:
-    """The table's (sum, integer share, parts) of every candidate in ``measured``."""
-    from autocompress.spaces import Policy, SpaceConfig
+@functools.lru_cache(maxsize=None)
+def _workbench(task_spec: str, table_path: Path):
+    """The task loaded and the table opened once per (task, table), for every evaluation."""
+    from autocompress.spaces import SpaceConfig
     from autocompress.study import open_workbench
     from autocompress.task import load_task
 
-    bench = open_workbench(load_task(measured["task"], 0), SpaceConfig(), 1, table_path, shared_table=False)
+    return open_workbench(load_task(task_spec, 0), SpaceConfig(), 1, table_path, shared_table=False)
+
+
+def candidate_sums(measured: dict, table_path: Path) -> list[tuple[float, float, dict]]:
+    """The table's (sum, integer share, parts) of every candidate in ``measured``."""
+    from autocompress.spaces import Policy
+
+    bench = _workbench(measured["task"], table_path)
     bench.table.freeze_reference()
     return [bench.table.sums(bench.inventory, Policy.from_dict(p)) for p in measured["policies"]]
 
@@ -91,11 +100,9 @@ def own_calibration(measured: dict, table_path: Path) -> dict | None:
     """The table's own calibration (as `lut build` or a search fitted it) on ``measured``:
     each candidate's predicted speed relative to the original's prediction, against both
     passes; None for a table without a calibration of the task."""
-    from autocompress.spaces import Policy, SpaceConfig
-    from autocompress.study import open_workbench
-    from autocompress.task import load_task
+    from autocompress.spaces import Policy
 
-    bench = open_workbench(load_task(measured["task"], 0), SpaceConfig(), 1, table_path, shared_table=False)
+    bench = _workbench(measured["task"], table_path)
     if not bench.table.is_calibrated(bench.inventory):
         return None
     bench.table.freeze_reference()
