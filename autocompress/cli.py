@@ -423,20 +423,34 @@ def _lut(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"task": args.task, "samples": args.samples, "profile": table.profile, **result.to_dict()}, indent=2))
         return 0
+    _print_validation(result, args.task, args.samples, console)
+    return 0
+
+
+def _print_validation(result, task: str, samples: int, console) -> None:
+    """`lut validate`'s report as text: each view with its worst cases, the machine line,
+    and what to doubt in it."""
+    from autocompress.latency_lut import uneven_warning
+
     for key, title, report in result.views():
         unit = "x" if key == "relative_to_original" else "us"
         console.print(
-            f"{args.samples} random candidates of task {args.task!r}, {title}: median |error| {report.median_abs_error:.1%}, "
+            f"{samples} random candidates of task {task!r}, {title}: median |error| {report.median_abs_error:.1%}, "
             f"within ±10% {report.within_10pct:.0%}, within ±5% {report.within_5pct:.0%}, Spearman {report.spearman:.3f}"
         )
         for w in report.worst(3):
             console.print(f"  {w['policy']}: predicted {w['predicted_us']:.3g}{unit}, measured {w['measured_us']:.3g}{unit} ({w['error']:+.1%})")
+
     def beside(name: str, key: str) -> str:
         now, then = result.machine[f"{key}_us"], result.machine[f"{key}_calibration_us"]
         return f"{name} {now:.0f} us" + (f" (in the calibration {then:.0f} us, {now / then - 1:+.1%})" if then else "")
 
     console.print("Timed beside the candidates (median): "
                   f"{beside('the original', 'original')}; {beside('the most compressed model', 'most_compressed')}")
+    warning = uneven_warning(result.uneven())
+    if warning:
+        console.print(f"[yellow]{warning} Validate again when the machine is quiet; if this state lasts, "
+                      "`autocompress lut build` with the same --table refits the calibration to it.[/]")
     if result.at_calibration_speed is None:
         console.print("[yellow]The table's calibration did not time this space's most compressed model: no view at the "
                       "calibration's speed. Calibrate it for this space with `autocompress lut build` and the same space options.[/]")
@@ -447,7 +461,6 @@ def _lut(args: argparse.Namespace) -> int:
                 f"The measurement against itself (second timing vs first), {title}: median |difference| "
                 f"{report.median_abs_error:.1%}, within ±10% {report.within_10pct:.0%}, within ±5% {report.within_5pct:.0%}"
             )
-    return 0
 
 
 def _lut_show(path: Path, console) -> int:

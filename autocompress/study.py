@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import platform
+import statistics
 import sys
 import time
 from collections import Counter
@@ -35,6 +36,7 @@ from autocompress.export import (
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import (
     CALIBRATION_BUDGET_S, DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend,
+    uneven_drift, uneven_warning,
 )
 from autocompress.latency_lut import fidelity as table_fidelity  # `fidelity` names the run's figures below
 from autocompress.report import pareto_front, write_report
@@ -866,6 +868,10 @@ def finalize_run(
         fidelity["at_calibration_speed"] = figures(timed_beside, lambda t: latency_at_start_us(t["engine"], base_us, tracker_us) / 1000)
         by_tracker = bool(tracker_us) and all(engine_of(t).get("tracker_latency_us") for t in timed_beside)
         fidelity["at_calibration_speed"]["by"] = "the most compressed model" if by_tracker else "the original"
+        both = [e for e in map(engine_of, timed_beside) if e.get("original_latency_us") and e.get("tracker_latency_us")]
+        if both and tracker_us:  # did integer and float kernels keep their relative speeds since the start?
+            fidelity["uneven"] = uneven_drift(statistics.median(e["original_latency_us"] for e in both),
+                                              statistics.median(e["tracker_latency_us"] for e in both), base_us, tracker_us)
     members = []
     for t in front:
         engine_path = _engine_file(run_dir, t)
@@ -911,6 +917,8 @@ def finalize_run(
             + (f" (at the machine speed of its calibration, by {steady.get('by', 'the original')} timed beside each: "
                f"{steady['median_abs_error']:.1%}, {steady['within_10pct']:.0%})" if (steady := fidelity.get("at_calibration_speed")) else "")
         )
+    if warning := uneven_warning(fidelity.get("uneven"), "at the run's start"):
+        console.print(f"[yellow]{warning}[/]")
     if removed:
         console.print(f"Deleted the fine-tuned weights of {len(removed)} trial(s) off the front (kept: front members').")
     console.print(f"Report: [bold]{report}[/]   Front: {run_dir / 'pareto.json'}")

@@ -489,6 +489,7 @@ def test_validation_at_the_calibration_speed_sees_through_the_machine_slowing_do
     # Both whole models timed beside the candidates ran 30% slower than in the calibration.
     assert result.machine["original_us"] / result.machine["original_calibration_us"] == pytest.approx(1.3)
     assert result.machine["most_compressed_us"] / result.machine["most_compressed_calibration_us"] == pytest.approx(1.3)
+    assert result.uneven() == pytest.approx(0.0, abs=1e-9) and result.to_dict()["machine"]["uneven"] == pytest.approx(0.0, abs=1e-9)
 
     table.calibrations[resnet_inventory.fingerprint].points = [
         pt for pt in table.calibrations[resnet_inventory.fingerprint].points if pt["policy"] != space.extreme().digest]
@@ -818,3 +819,18 @@ def test_interleaved_timing_does_not_time_cold_caches():
     timings = backend.measure_many([a, b], rounds=10)  # 1 timed call per model per round
     assert [t.median_us for t in timings] == [1000.0, 1000.0]
     assert max(t.p90_us for t in timings) == 1000.0
+
+
+def test_uneven_drift_names_integer_and_float_kernels_moving_apart():
+    """The slow state seen on the AVX2 EPYC: the original 2108 us against 2189 in the
+    calibration, the most compressed model 594 us against 370: 67% longer relative to the
+    original; the quiet run two minutes later (2279 and 379 us) stays within the bound."""
+    from autocompress.latency_lut import UNEVEN, uneven_drift, uneven_warning
+
+    slow = uneven_drift(2108.0, 594.0, 2189.0, 370.0)
+    assert slow == pytest.approx((594 / 2108) / (370 / 2189) - 1) and slow > UNEVEN
+    assert "took 67% longer than in the table's calibration" in uneven_warning(slow)
+    quiet = uneven_drift(2279.0, 379.0, 2189.0, 370.0)
+    assert abs(quiet) < UNEVEN and uneven_warning(quiet) is None
+    assert "took 30% less time than at the run's start" in uneven_warning(-0.3, "at the run's start")
+    assert uneven_drift(2108.0, 594.0, None, 370.0) is None and uneven_warning(None) is None

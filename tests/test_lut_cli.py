@@ -82,6 +82,25 @@ def test_lut_build_show_validate(tmp_path):
     assert "at the calibration's machine speed" in printed.stdout
 
 
+def test_lut_validate_text_warns_of_a_machine_running_unevenly():
+    """A validation whose most compressed model ran 1.6 times slower against the original than
+    in the calibration says so, with what to do; an even one does not."""
+    from rich.console import Console
+
+    from autocompress.cli import _print_validation
+    from autocompress.latency_lut import Validation, fidelity
+
+    report = fidelity([100.0, 200.0], [110.0, 190.0], ["a", "b"])
+    machine = {"original_us": 2000.0, "original_calibration_us": 2000.0, "most_compressed_us": 600.0, "most_compressed_calibration_us": 375.0}
+    for most_compressed_us, warned in ((600.0, True), (390.0, False)):
+        console = Console(record=True, width=2000)
+        _print_validation(Validation(report, report, machine={**machine, "most_compressed_us": most_compressed_us}), "demo", 2, console)
+        text = console.export_text()
+        assert "Timed beside the candidates (median): the original 2000 us" in text
+        assert ("took 60% longer than in the table's calibration" in text) is warned
+        assert ("`autocompress lut build` with the same --table refits the calibration" in text) is warned
+
+
 def test_lut_show_without_a_table_says_how_to_build_one(tmp_path):
     proc = cli("lut", "show", "--table", str(tmp_path / "none.json"), tmp=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

@@ -62,6 +62,18 @@ def test_user_strings_are_escaped_in_the_page(tmp_path):
     assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
 
 
+def test_the_page_warns_when_integer_and_float_kernels_moved_apart_since_the_start(tmp_path):
+    """The search's engines were timed beside the original and the most compressed model; a
+    most compressed model 60% slower against the original than at the start is named."""
+    summary = {"run": "r", "task": "t", "metric_name": "accuracy", "higher_is_better": True, "budget": "0.5x", "budget_ms": 1.0,
+               "baseline": {"metric": 0.9, "latency_ms": 2.0}, "profile": {}, "counts": {}, "layers": [],
+               "fidelity": {"candidates": 4, "median_abs_error": 0.2, "within_10pct": 0.25, "within_5pct": 0.0, "uneven": 0.6}}
+    page = write_report(tmp_path / "report.html", summary, [], []).read_text()
+    assert "the most compressed model took 60% longer than at the run&#x27;s start" in page
+    summary["fidelity"]["uneven"] = 0.05  # within what a quiet machine moves: no warning
+    assert "took 5%" not in write_report(tmp_path / "report.html", summary, [], []).read_text()
+
+
 @pytest.fixture
 def served(tmp_path):
     root = tmp_path / "run"

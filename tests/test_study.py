@@ -61,6 +61,7 @@ def test_search_writes_front_engines_and_report(tmp_path, digits_task):
     steady = pareto["fidelity"]["at_calibration_speed"]
     assert steady["candidates"] == pareto["fidelity"]["candidates"] == 3 and 0.0 <= steady["within_10pct"] <= 1.0
     assert steady["by"] == "the most compressed model"
+    assert isinstance(pareto["fidelity"]["uneven"], float)  # the two models' speed ratio against the start's
     assert "At the machine speed of the table" in html
 
 

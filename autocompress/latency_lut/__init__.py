@@ -21,13 +21,16 @@ from autocompress.latency_lut._table import (
 )
 from autocompress.latency_lut._tensorrt import TensorRTBackend
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
-from autocompress.latency_lut._validate import FidelityReport, Validation, fidelity, validate
+from autocompress.latency_lut._validate import (
+    UNEVEN, FidelityReport, Validation, fidelity, uneven_drift, uneven_warning, validate,
+)
 
 __all__ = [
     "BACKENDS",
     "CALIBRATION_BUDGET_S",
     "DEFAULT_BACKEND",
     "OPSET",
+    "UNEVEN",
     "Calibration",
     "FidelityReport",
     "LatencyBackend",
@@ -58,5 +61,7 @@ __all__ = [
     "profile_id",
     "read_table_file",
     "to_onnx_bytes",
+    "uneven_drift",
+    "uneven_warning",
     "validate",
 ]

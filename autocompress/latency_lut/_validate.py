@@ -12,7 +12,7 @@ from autocompress.inventory import LayerInventory
 from autocompress.latency_lut._table import LatencyTable
 from autocompress.spaces import Policy, SearchSpace
 
-__all__ = ["FidelityReport", "Validation", "fidelity", "validate"]
+__all__ = ["UNEVEN", "FidelityReport", "Validation", "fidelity", "uneven_drift", "uneven_warning", "validate"]
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -57,6 +57,35 @@ def fidelity(predicted_us: list[float], measured_us: list[float], labels: list[s
     return report
 
 
+UNEVEN = 0.15  # beyond this, the machine runs integer and float kernels at other relative speeds than in the calibration
+
+
+def uneven_drift(original_us: float | None, most_compressed_us: float | None,
+                 original_then_us: float | None, most_compressed_then_us: float | None) -> float | None:
+    """How much slower, relative to the original, the most compressed model runs now than
+    it did then, in the calibration (a fraction; None where a timing is missing).
+
+    On the AVX2 EPYC the ratio of the two models moved 6.5% between two calibrations a day
+    apart and 1.5% between a calibration and a quiet `lut validate` run, and 67% in a run
+    during which the integer kernels ran slower for minutes (benchmarks/BENCHMARKS.md):
+    beyond ``UNEVEN`` the machine is in another state (another load, a power or frequency
+    state that slows one kind of kernel), and figures measured then judge that state rather
+    than the table."""
+    if not (original_us and most_compressed_us and original_then_us and most_compressed_then_us):
+        return None
+    return (most_compressed_us / original_us) / (most_compressed_then_us / original_then_us) - 1
+
+
+def uneven_warning(drift: float | None, then: str = "in the table's calibration") -> str | None:
+    """One sentence on an `uneven_drift` beyond ``UNEVEN``, against its timings ``then``;
+    None within it."""
+    if drift is None or abs(drift) <= UNEVEN:
+        return None
+    return (f"Relative to the original, the most compressed model took {abs(drift):.0%} {'longer' if drift > 0 else 'less time'} "
+            f"than {then}: the machine runs integer and float kernels at other relative speeds now "
+            "(another load, a power or frequency state), and the latency figures judge that state as much as the table.")
+
+
 @dataclass
 class Validation:
     """`validate`'s reports, one per way of judging a prediction against its measurement.
@@ -71,7 +100,7 @@ class Validation:
     and the most compressed model's median timings beside the candidates, and their timings
     in the calibration where it has them: a machine whose speed moved since the
     calibration, or moved unevenly (compressed models slowed more than the float original),
-    shows there."""
+    shows there, and `uneven` measures it."""
 
     latency: FidelityReport
     relative: FidelityReport
@@ -82,6 +111,12 @@ class Validation:
     VIEWS = (("latency", "latency"), ("relative_to_original", "speed relative to the original, timed in the same round"),
              ("at_calibration_speed", "at the calibration's machine speed, by the most compressed model timed beside it"))
 
+    def uneven(self) -> float | None:
+        """`uneven_drift` of the two whole models timed beside the candidates."""
+        m = self.machine
+        return uneven_drift(*(m.get(k) for k in ("original_us", "most_compressed_us", "original_calibration_us",
+                                                  "most_compressed_calibration_us")))
+
     def views(self) -> list[tuple[str, str, FidelityReport]]:
         """(key, title, report) of every view this validation has."""
         reports = {"latency": self.latency, "relative_to_original": self.relative, "at_calibration_speed": self.at_calibration_speed}
@@ -91,7 +126,7 @@ class Validation:
         out = {**self.latency.to_dict(), **{key: r.to_dict() for key, _, r in self.views()[1:]}}
         if self.repeat:
             out["repeatability"] = {key: r.to_dict() for key, r in self.repeat.items()}
-        out["machine"] = self.machine
+        out["machine"] = {**self.machine, "uneven": self.uneven()}
         return out
 
 

@@ -122,6 +122,8 @@ def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], 
     """Write ``report.html`` for a run. ``summary`` holds task, baseline, budget, profile,
     counts, fidelity and the model's layers; ``trials`` are the trial store's records;
     ``front`` the members as in pareto.json."""
+    from autocompress.latency_lut import uneven_warning  # the search's process has it loaded already
+
     base = summary["baseline"]
     counts = summary.get("counts", {})
     fid = summary.get("fidelity") or {}
@@ -136,6 +138,8 @@ def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], 
         fidelity_text += (f" At the machine speed of the table's calibration (each engine's timing scaled by "
                           f"{html.escape(steady.get('by', 'the original'))} timed beside it): median |error| {steady['median_abs_error']:.1%}, {steady['within_10pct']:.0%} "
                           f"within ±10%.")
+    if warning := uneven_warning(fid.get("uneven"), "at the run's start"):
+        fidelity_text += " " + warning
     extra = "".join(f", {html.escape(str(k))} {v:.4f}" for k, v in (base.get("extra_metrics") or {}).items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
