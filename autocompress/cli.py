@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--objectives", default="metric,latency", help="metric,latency (default) or metric,latency,size")
     s.add_argument("--repair", action=argparse.BooleanOptionalAction, default=True,
                    help="repair over-budget proposals toward the budget with the latency table (default on)")
+    s.add_argument("--widen", action=argparse.BooleanOptionalAction, default=True,
+                   help="before fine-tuning, undo each compression choice the latency table predicts costs no latency "
+                        "(an int8 layer no faster than fp32, a channel count no faster than a larger one); default on, "
+                        "off where size is an objective")
     s.add_argument("--sensitivity-seed", action=argparse.BooleanOptionalAction, default=True,
                    help="before the first trial, score each coupling group's lightest pruning without fine-tuning and "
                         "propose int8 with the cheapest groups pruned until it fits the budget (default on)")
@@ -262,7 +266,7 @@ def _search(args: argparse.Namespace) -> int:
     config = SearchConfig(
         task=args.task, latency_budget=args.latency_budget, trials=args.trials,
         run_dir=args.run_dir or f"runs/{task_name}", searcher=args.searcher, seed=args.seed, distill=distill,
-        objectives=tuple(args.objectives.split(",")), repair=args.repair, sensitivity_seed=args.sensitivity_seed,
+        objectives=tuple(args.objectives.split(",")), repair=args.repair, widen=args.widen, sensitivity_seed=args.sensitivity_seed,
         space=space, lr_given=args.lr is not None, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
         final_finetune=args.final_finetune,
         backend=args.backend, batch_size=args.batch_size, max_metric_drop=args.max_metric_drop,

@@ -41,7 +41,7 @@ from autocompress.latency_lut import (
 from autocompress.latency_lut import fidelity as table_fidelity  # `fidelity` names the run's figures below
 from autocompress.report import pareto_front, write_report
 from autocompress.search import (
-    BudgetRepair, Outcome, WeightL1Importance, make_searcher, parse_objectives, sensitivity_seed, validate_searcher_name,
+    BudgetRepair, FreeWidening, Outcome, WeightL1Importance, make_searcher, parse_objectives, sensitivity_seed, validate_searcher_name,
 )
 from autocompress.search._ray import RayConfig
 from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
@@ -63,6 +63,7 @@ class SearchConfig:
     searcher: str = "tpe"  # a make_searcher name: tpe, nsga2, nsga3, gp, random, amc, optuna:<Class>
     objectives: tuple[str, ...] = ("metric", "latency")  # optionally "size" too
     repair: bool = True  # repair over-budget proposals toward the budget with the table
+    widen: bool = True  # undo compression the table predicts costs no latency (not when size is an objective)
     seed: int = 0
     distill: DistillConfig = DistillConfig()
     space: SpaceConfig = SpaceConfig()
@@ -96,6 +97,12 @@ class SearchConfig:
         if self.max_metric_drop is not None and not (math.isfinite(self.max_metric_drop) and self.max_metric_drop >= 0):
             raise UserError(f"--max-metric-drop must be a number >= 0 in the task metric's units (0.01 = one point), but got {self.max_metric_drop}.")
 
+    @property
+    def widens(self) -> bool:
+        """Whether proposals are widened: asked for, and size is no objective (a wider engine
+        is a larger one: where size counts, int8 is a trade, not free)."""
+        return self.widen and "size" not in self.objectives
+
     @classmethod
     def from_dict(cls, data: dict) -> "SearchConfig":
         """The config a run recorded in its run.json (``asdict`` of this class), rebuilt."""
@@ -103,6 +110,7 @@ class SearchConfig:
         plain = {k: v for k, v in data.items() if k in known and k not in ("distill", "space", "ray")}
         distill = {k: tuple(v) if isinstance(v, list) else v for k, v in data.get("distill", {}).items()}
         distill.setdefault("bn_batches", 0)  # runs recorded before BatchNorm re-estimation go on without it
+        plain.setdefault("widen", False)  # and runs recorded before free widening, without it
         space = {k: tuple(v) if isinstance(v, list) else v for k, v in data.get("space", {}).items()}
         ray = RayConfig(**data["ray"]) if data.get("ray") else None
         return cls(**plain, distill=DistillConfig(**distill), space=SpaceConfig(**space), ray=ray)
@@ -523,7 +531,19 @@ def run_search(
             raise
         raise trial_store_error(run_dir, exc) from None
     interrupted = searcher.abandon_running(retry=True)
-    repair = BudgetRepair(space, lambda p: table.predict_us(inventory, p), WeightL1Importance(task.model, inventory, space)) if config.repair else None
+    importance = WeightL1Importance(task.model, inventory, space) if config.repair or config.widens else None
+    repair = BudgetRepair(space, lambda p: table.predict_us(inventory, p), importance) if config.repair else None
+    widening = FreeWidening(space, lambda p: table.predict_us(inventory, p), importance) if config.widens else None
+
+    def widen_proposal(policy: Policy, predicted_ms: float, attrs: dict) -> tuple[Policy, float]:
+        """A within-budget proposal widened where the table predicts it costs nothing (the
+        trial evaluates the widened policy; its record keeps the proposal), and its prediction."""
+        wide = widening(policy) if widening is not None else None
+        if wide is None:
+            return policy, predicted_ms
+        attrs.update({"policy": wide.policy.to_dict(), "digest": wide.policy.digest, "predicted_ms": wide.predicted_us / 1000,
+                      "widened": list(wide.changes), "widened_from": {"policy": policy.to_dict(), "predicted_ms": predicted_ms}})
+        return wide.policy, wide.predicted_us / 1000
     if not searcher.study.get_trials(deepcopy=False):
         seeds: list[tuple[Policy, dict]] = [(p, {}) for p in seed_policies(space)]  # the uniform baselines
         if config.sensitivity_seed and seeds:  # proposed right after int8 everywhere, before the uniform pruning
@@ -574,6 +594,8 @@ def run_search(
             progress.update(bar, advance=1, best=f"{sign * best:.4f}" if best is not None else "-")
             where = f", node {attrs['ray_node'][:8]}" if attrs.get("ray_node") else ""
             flag = "" if engine["ok"] else f" [red]engine check failed: {'; '.join(engine['problems'])}[/]"
+            if attrs.get("widened"):
+                where += f", {len(attrs['widened'])} choice(s) widened at no predicted cost"
             console.print(
                 f"  trial {trial_id:>3}: {task.metric_name} {metric:.4f}  predicted {predicted_ms:.3f} ms  "
                 f"measured {measured_ms:.3f} ms  ({attrs['summary']}, {attrs['trial_s']:.0f} s{where}){flag}"
@@ -590,7 +612,7 @@ def run_search(
                 max_failures_before_success=MAX_FAILURES_BEFORE_SUCCESS, seen=seen, on_completed=show_completed,
                 on_measured=lambda p, engine: table.add_measurement(inventory, p, latency_at_start_us(engine, baseline_ms * 1000, tracker_us)),
                 higher_is_better=task.higher_is_better,
-                callbacks=ray_callbacks, repair=repair_proposal, shortfall=shortfall,
+                callbacks=ray_callbacks, repair=repair_proposal, shortfall=shortfall, widen=widen_proposal,
             )
             n_done, proposals, failures = sweep.completed, sweep.proposals, sweep.failures
             progress.update(bar, rejected=sweep.rejected)
@@ -618,6 +640,7 @@ def run_search(
                 searcher.tell(trial_id, Outcome("infeasible", constraint=predicted_ms - budget_ms, overhead_s=time.perf_counter() - t_trial))
                 progress.update(bar, rejected=rejected)
                 continue
+            policy, predicted_ms = widen_proposal(policy, predicted_ms, attrs)
             if policy.digest in seen:  # the sampler repeated itself: reuse, do not fine-tune again
                 prev = seen[policy.digest]
                 searcher.record(trial_id, {**attrs, "duplicate_of": prev.get("trial"), "measured_ms": prev.get("measured_ms")})
@@ -829,6 +852,7 @@ def finalize_run(
         "duplicates": sum(1 for t in trials if "duplicate_of" in t),
         "failed_verification": len(exported) - len(done),
         "repaired": sum(1 for t in trials if "repair_of" in t and t.get("status") == "completed"),
+        "widened": sum(1 for t in trials if t.get("widened") and t.get("status") == "completed" and "duplicate_of" not in t),
     }
     if any(t.get("stopped_early") for t in trials):  # a Ray scheduler stopped weak fine-tunes
         counts["stopped_early"] = sum(1 for t in trials if t.get("stopped_early"))

@@ -80,6 +80,7 @@ def main() -> None:
                         help="the best hypervolume to reach 95%% of (default: the best any run of this table saw)")
     parser.add_argument("--out", default=None, help="results file name under benchmarks/results (default searchers-<task>.json)")
     parser.add_argument("--no-repair", action="store_true", help="compare the searchers without budget repair")
+    parser.add_argument("--no-widen", action="store_true", help="compare the searchers without free widening")
     parser.add_argument("--search-floor", action="store_true",
                         help="tell every search the hypervolume's metric floor (as --max-metric-drop), so samplers "
                              "that read constraints avoid candidates below it (random ignores it)")
@@ -108,7 +109,7 @@ def main() -> None:
             config = SearchConfig(
                 task=args.task, latency_budget=args.latency_budget, trials=args.trials, run_dir=str(run_dir), searcher=name,
                 seed=seed, distill=DistillConfig(steps=args.distill_steps, bn_batches=args.bn_batches), space=SpaceConfig(), repair=not args.no_repair,
-                max_metric_drop=max_drop,
+                widen=not args.no_widen, max_metric_drop=max_drop,
             )
             t0 = time.perf_counter()
             result = run_search(config, console=console, task=task)
@@ -136,8 +137,8 @@ def main() -> None:
         return next((i + 1 for i, h in enumerate(hv) if h >= 0.95 * best), None)
 
     header = ("| searcher | " + " | ".join(f"HV @ {k}" for k in checkpoints)
-              + " | trials to 95% of best (per seed) | median overhead (ms) | repaired | infeasible |")
-    lines = [header, "|" + " --- |" * (len(checkpoints) + 5)]
+              + " | trials to 95% of best (per seed) | median overhead (ms) | repaired | widened | infeasible |")
+    lines = [header, "|" + " --- |" * (len(checkpoints) + 6)]
     for name, runs in results.items():
         cells = []
         for k in checkpoints:
@@ -150,8 +151,9 @@ def main() -> None:
         cells.append(", ".join(str(k) if k is not None else f">{len(r['hypervolume'])}" for r, k in zip(runs, reach)))
         overhead = statistics.median([o for r in runs for o in r["overhead_s"]] or [0.0]) * 1000
         repaired = sum(r["counts"].get("repaired", 0) for r in runs)
+        widened = sum(r["counts"].get("widened", 0) for r in runs)
         infeasible = sum(r["counts"].get("infeasible", 0) for r in runs)
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {overhead:.1f} | {repaired} | {infeasible} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {overhead:.1f} | {repaired} | {widened} | {infeasible} |")
     table = "\n".join(lines)
     print(f"\n{args.task}, budget {args.latency_budget} ({baseline.get('budget_ms', 0):.3f} ms), {args.trials} trials, "
           f"seeds {seeds}, {args.distill_steps} distillation steps; hypervolume on predicted latency, normalized\n")

@@ -1,5 +1,6 @@
-"""Budget repair inside a real search: an over-budget proposal is told infeasible and its
-repair, within budget by the table, is fine-tuned as its own linked trial."""
+"""Budget repair and free widening inside a real search: an over-budget proposal is told
+infeasible and its repair, within budget by the table, is fine-tuned as its own linked
+trial; a within-budget proposal with choices the table says cost nothing runs without them."""
 
 from __future__ import annotations
 
@@ -82,3 +83,44 @@ def test_the_sensitivity_seed_is_proposed_after_int8_and_fits_the_budget(tmp_pat
     chosen = set(sensitivity["seed"]["prune"])
     assert len(chosen) == 2  # 100 - 30 (int8) - 2 x 5 = 60 us
     assert max(sensitivity["costs"][g] for g in chosen) <= min(c for g, c in sensitivity["costs"].items() if g not in chosen)
+
+
+def test_a_proposal_runs_without_the_compression_the_table_says_is_free(tmp_path, monkeypatch):
+    """int8 costs 1 us a layer and pruning a group saves 20 us (a target whose int8 kernels
+    are slower than its float ones): the second seed, int8 with every group lightly pruned,
+    is fine-tuned in fp32 with the same pruning; the trial keeps what the sampler proposed."""
+    def predict_us(self, inventory, policy, local=True):
+        return 100.0 + sum(1 for b in policy.bits.values() if b == 8) - 20.0 * sum(1 for r in policy.prune.values() if r > 0)
+
+    monkeypatch.setattr(LatencyTable, "predict_us", predict_us)
+    task = load_task(EXAMPLE)
+    space = build_space(build_inventory(task.model, task.example_inputs), SPACE)
+    proposed = seed_policies(space)[1]
+    assert proposed.bits and proposed.prune
+
+    run_dir = tmp_path / "widened"
+    run_search(_config(run_dir, "99us", share_table=False, repair=False, sensitivity_seed=False), task=task)
+    trials = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{run_dir / 'study.db'}").get_trials()
+    assert trials[0].user_attrs["status"] == "infeasible"  # int8 everywhere: 100 us and more
+    widened = trials[1]
+    assert widened.user_attrs["status"] == "completed" and widened.user_attrs["widened_from"]["policy"] == proposed.to_dict()
+    assert widened.user_attrs["policy"] == {**proposed.to_dict(), "bits": {}}  # fp32, pruned as proposed
+    assert sorted(widened.user_attrs["widened"]) == sorted(f"bits/{name} 8->32" for name in proposed.bits)
+    assert widened.user_attrs["predicted_ms"] < widened.user_attrs["widened_from"]["predicted_ms"]
+    assert all(widened.params[f"bits/{name}"] == 8 for name in proposed.bits)  # the sampler's own proposal
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    assert pareto["counts"]["widened"] == 1
+
+
+def test_widening_is_off_where_size_is_an_objective_or_asked_off():
+    """A wider engine is a larger one: where size is an objective, int8 is a trade, not free."""
+    assert SearchConfig().widens
+    assert not SearchConfig(objectives=("metric", "latency", "size")).widens and not SearchConfig(widen=False).widens
+
+
+def test_a_run_recorded_before_widening_resumes_without_it():
+    from dataclasses import asdict
+
+    recorded = asdict(SearchConfig())
+    del recorded["widen"]
+    assert SearchConfig.from_dict(recorded).widen is False and SearchConfig.from_dict(asdict(SearchConfig())).widen is True

@@ -8,7 +8,9 @@ import random
 import pytest
 
 from autocompress.errors import UserError
-from autocompress.search import AMCConfig, AMCSearcher, BudgetRepair, Outcome, make_searcher, parse_objectives, sensitivity_seed
+from autocompress.search import (
+    AMCConfig, AMCSearcher, BudgetRepair, FreeWidening, Outcome, make_searcher, parse_objectives, sensitivity_seed,
+)
 from autocompress.search._repair import more_aggressive
 from autocompress.spaces import Policy, SearchSpace, SpaceConfig, build_space
 from autocompress.testing.searchers import SearcherConformance, synthetic_latency_us, tiny_space
@@ -143,6 +145,44 @@ def test_repair_reaches_the_budget_deterministically_and_skips_seen_policies():
         while (v := more_aggressive(name, domain, v)) is not None:
             walk.append(v)
         assert value in walk
+
+
+def test_widening_undoes_compression_the_table_says_costs_nothing():
+    """int8 on the first conv runs slower than fp32 there, and pruning the first group to its
+    middle ratio slower than not pruning it (a channel count off the kernels' tiles): a
+    proposal with either gets them back, and keeps every choice that saves latency."""
+    space = tiny_space()
+    bits_dim = next(n for n in space.domains if n.startswith("bits/"))
+    prune_dim = next(n for n in space.domains if n.startswith("prune/"))
+    middle = sorted(space.domains[prune_dim])[1]
+
+    def predict(p):
+        params = space.to_params(p)
+        us = synthetic_latency_us(space, p)
+        us += 80.0 if params[bits_dim] == 8 else 0.0  # more than the 600 / dims its notch saves
+        return us + (80.0 if params[prune_dim] == middle else 0.0)
+
+    class ParamsCount:
+        def loss(self, dimension, value):
+            order = sorted(space.domains[dimension]) if dimension.startswith("prune/") else sorted(space.domains[dimension], reverse=True)
+            return float(order.index(value))
+
+    widen = FreeWidening(space, predict, ParamsCount())
+    extreme = space.to_params(space.extreme())
+    proposal = space.from_params({**extreme, bits_dim: 8, prune_dim: middle})
+    wide = widen(proposal)
+    assert wide is not None and wide.predicted_us == predict(wide.policy) <= predict(proposal)
+    params = space.to_params(wide.policy)
+    assert params[bits_dim] == 32 and params[prune_dim] == 0.0
+    assert f"{bits_dim} 8->32" in wide.changes and f"{prune_dim} {middle}->0.0" in wide.changes
+    # Every other choice saves latency, so it stays.
+    assert {k: v for k, v in params.items() if k not in (bits_dim, prune_dim)} == {
+        k: v for k, v in extreme.items() if k not in (bits_dim, prune_dim)}
+    assert widen(proposal) == wide  # deterministic
+    assert widen(wide.policy) is None  # nothing more is free
+    assert widen(space.baseline()) is None  # nothing to undo
+    # Under the plain synthetic latency every compression saves time: nothing is free.
+    assert FreeWidening(space, lambda p: synthetic_latency_us(space, p), ParamsCount())(proposal) is None
 
 
 def test_amc_saves_its_state_after_each_tell_and_a_new_process_restores_it(tmp_path):

@@ -301,8 +301,10 @@ class _TrialBook:
         sweep: RaySweep, max_proposals: int, max_failures_before_success: int, seen: dict[str, dict],
         on_completed: Callable[[int, float, dict], None], on_measured: Callable[[Policy, dict], None],
         repair: Callable[[Policy], Any] | None = None, shortfall: Callable[[float], float | None] = lambda metric: None,
+        widen: Callable[[Policy, float, dict], tuple[Policy, float]] | None = None,
     ) -> None:
         self.searcher, self.predict_ms, self.budget_ms = searcher, predict_ms, budget_ms
+        self.widen = widen  # within-budget (policy, predicted ms, attrs to update) -> the policy to run and its prediction
         self.shortfall = shortfall  # metric -> its shortfall from the run's metric floor (None without one)
         self.repair = repair  # over-budget policy -> a repair (``.policy``, ``.steps``) or None
         self.engines_dir = run_dir / "engines"
@@ -344,10 +346,15 @@ class _TrialBook:
                     continue
                 trial_id, policy = repaired_id, fixed.policy
                 predicted_ms = self.predict_ms(policy)
-                self.searcher.record(trial_id, {"policy": policy.to_dict(), "digest": policy.digest, "predicted_ms": predicted_ms})
+                attrs = {"policy": policy.to_dict(), "digest": policy.digest, "predicted_ms": predicted_ms}
+                self.searcher.record(trial_id, attrs)
                 if predicted_ms > self.budget_ms:  # the table moved since the repair: not repaired again
                     self.searcher.tell(trial_id, Outcome("infeasible", constraint=predicted_ms - self.budget_ms))
                     continue
+            if self.widen is not None:
+                policy, predicted_ms = self.widen(policy, predicted_ms, attrs)
+                if attrs.get("widened"):
+                    self.searcher.record(trial_id, attrs)
             if policy.digest in self.seen:  # the sampler repeated itself: reuse, do not fine-tune again
                 prev = self.seen[policy.digest]
                 self.searcher.record(trial_id, {**attrs, "duplicate_of": prev.get("trial"), "measured_ms": prev.get("measured_ms")})
@@ -449,6 +456,7 @@ def run_ray_trials(
     callbacks: Sequence[Any] = (),
     repair: Callable[[Policy], Any] | None = None,
     shortfall: Callable[[float], float | None] = lambda metric: None,
+    widen: Callable[[Policy, float, dict], tuple[Policy, float]] | None = None,
 ) -> RaySweep:
     """Run trials on Ray until ``target`` fine-tunes have completed (``completed`` already
     have), proposals run out, or the first ones all fail.
@@ -459,6 +467,8 @@ def run_ray_trials(
     are called on the driver after each completed trial is recorded. ``callbacks`` are extra
     Ray Tune callbacks. ``repair(policy)`` turns an over-budget proposal into one the table
     predicts within budget (or None), launched as its own trial linked to the proposal.
+    ``widen(policy, predicted_ms, attrs)`` gives the policy a within-budget proposal runs as
+    (widened where the table predicts it costs nothing, recorded in ``attrs``).
     ``shortfall(metric)`` is how far a completed trial's metric falls short of the run's
     metric floor (None without one), told to the searcher as a constraint.
     """
@@ -471,7 +481,7 @@ def run_ray_trials(
     started_here = connect(config.address)
     sweep = RaySweep(completed=completed)
     book = _TrialBook(searcher, predict_ms, budget_ms, run_dir, target, sweep, max_proposals, max_failures_before_success,
-                      seen, on_completed, on_measured, repair, shortfall)
+                      seen, on_completed, on_measured, repair, shortfall, widen)
     steps = spec.distill.steps
     scheduler: Any = FIFOScheduler()
     if config.early_stop and steps >= 4:  # the metric at each quarter of the steps; halving at the rungs

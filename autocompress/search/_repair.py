@@ -1,8 +1,13 @@
-"""Budget-aware repair: move an over-budget proposal toward the budget with the latency table.
+"""Budget-aware repair and free widening: move a proposal with the latency table.
 
 A proposal the table predicts over budget would cost nothing but teach nothing. Repair makes
 it faster, one dimension at a time, always taking the change with the most predicted
 latency saved per importance lost, until the prediction fits the budget.
+
+Latency is not monotone in the choices: on a CPU whose int8 kernels lack VNNI an int8 layer
+can run slower than the same layer in fp32, and a channel count can run slower than a larger
+one. A proposal that compresses where compressing less costs no predicted latency loses
+accuracy for nothing; widening undoes such choices before the proposal is fine-tuned.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from autocompress.inventory import LayerInventory
 from autocompress.spaces import Policy, SearchSpace, kept_for
 from autocompress.spaces._space import rank_for
 
-__all__ = ["BudgetRepair", "ImportanceProxy", "Repair", "WeightL1Importance", "more_aggressive"]
+__all__ = ["BudgetRepair", "FreeWidening", "ImportanceProxy", "Repair", "WeightL1Importance", "Widening", "more_aggressive"]
 
 _EPS = 1e-9
 
@@ -170,3 +175,58 @@ class BudgetRepair:
         if current > budget_us or repaired.digest in seen:
             return None
         return Repair(repaired, current, steps)
+
+
+@dataclass(frozen=True)
+class Widening:
+    """A widened policy, its predicted latency, and the changes made, in order
+    (``"bits/fc 8->32"``)."""
+
+    policy: Policy
+    predicted_us: float
+    changes: tuple[str, ...]
+
+
+class FreeWidening:
+    """Greedy widening of a proposal where the table says it costs nothing, deterministic and
+    bounded.
+
+    Each step tries every value of every dimension that removes less of the model by
+    ``importance`` (less pruning, more bits, a higher rank) and takes, among those the table
+    (``predict_us``) predicts no slower than the policy so far, the one that restores the most
+    importance (ties: the larger latency saved, then the space's dimension order). The
+    prediction never rises and the importance lost strictly falls, so no policy comes twice,
+    and there are at most ``max_steps`` steps. Returns None where no change is free.
+    """
+
+    def __init__(self, space: SearchSpace, predict_us: Callable[[Policy], float], importance: ImportanceProxy) -> None:
+        self.space = space
+        self.predict_us = predict_us
+        self.importance = importance
+        self.max_steps = sum(len(d) - 1 for d in space.domains.values())
+
+    def __call__(self, policy: Policy) -> Widening | None:
+        params = self.space.to_params(policy)
+        current = self.predict_us(policy)
+        changes: list[str] = []
+        while len(changes) < self.max_steps:
+            best: tuple[float, float, str, Any, float] | None = None
+            for name, domain in self.space.domains.items():
+                lost_now = self.importance.loss(name, params[name])
+                for nxt in domain:
+                    restored = lost_now - self.importance.loss(name, nxt)
+                    if restored <= _EPS:
+                        continue
+                    us = self.predict_us(self.space.from_params({**params, name: nxt}))
+                    if us > current:
+                        continue
+                    if best is None or (restored, current - us) > (best[0], best[1]):
+                        best = (restored, current - us, name, nxt, us)
+            if best is None:
+                break
+            _, _, name, nxt, current = best
+            changes.append(f"{name} {params[name]}->{nxt}")
+            params[name] = nxt
+        if not changes:
+            return None
+        return Widening(self.space.from_params(params), current, tuple(changes))
