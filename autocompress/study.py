@@ -903,7 +903,7 @@ def finalize_run(
             "trial": t["number"], "number": t["number"], "policy": t["policy"], "metric": t["metric"],
             "predicted_ms": t["predicted_ms"], "measured_ms": t["measured_ms"], "size_bytes": t["size_bytes"],
             "first_measured_ms": t.get("first_measured_ms"), "speedup": t.get("speedup_vs_original_same_round"),
-            "engine": t["engine"], "engine_path": str(engine_path), "summary": t.get("summary", ""),
+            "engine": t["engine"], "engine_path": str(engine_path), "summary": t.get("summary", ""), "widened": t.get("widened", []),
             "extra_metrics": t["engine"].get("runtime_extra_metrics", {}),
             "verified": t["verified"], "problems": t["problems"],
             "engine_file": f"engines/{engine_path.name}", "sidecar_file": f"engines/{sidecar_path(engine_path).name}",

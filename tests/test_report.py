@@ -74,6 +74,18 @@ def test_the_page_warns_when_integer_and_float_kernels_moved_apart_since_the_sta
     assert "took 5%" not in write_report(tmp_path / "report.html", summary, [], []).read_text()
 
 
+def test_a_widened_member_shows_what_its_proposal_gave_up(tmp_path):
+    summary = {"run": "r", "task": "t", "metric_name": "accuracy", "higher_is_better": True, "budget": "0.5x", "budget_ms": 1.0,
+               "baseline": {"metric": 0.9, "latency_ms": 2.0}, "profile": {}, "counts": {"widened": 3}, "layers": [], "fidelity": {}}
+    member = {"trial": 4, "metric": 0.88, "predicted_ms": 0.9, "measured_ms": 0.95, "size_bytes": 2048, "speedup": 2.1,
+              "policy": {"prune": {}, "bits": {}, "rank": {}}, "summary": "fp32", "verified": True, "problems": [],
+              "widened": ["bits/fc 8->32", "prune/g1 0.5->0.25"], "engine_file": "engines/trial-0004.onnx"}
+    page = write_report(tmp_path / "report.html", summary, [], [member]).read_text()
+    assert "(proposal widened: 2 choices the table predicted cost no latency)" in page
+    assert 'title="bits/fc 8-&gt;32, prune/g1 0.5-&gt;0.25"' in page
+    assert "3 proposals widened where compressing less was predicted to cost no latency" in page
+
+
 @pytest.fixture
 def served(tmp_path):
     root = tmp_path / "run"

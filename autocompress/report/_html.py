@@ -75,6 +75,15 @@ def _link(rel: str | None, label: str | None = None) -> str:
     return f'<a href="{html.escape(quote(rel))}">{html.escape(label or Path(rel).name)}</a>'
 
 
+def _widened(member: Mapping[str, Any]) -> str:
+    """The choices a member's proposal gave up at no predicted cost, listed on hover."""
+    changes = member.get("widened") or []
+    if not changes:
+        return ""
+    return (f' <span class="sub" title="{html.escape(", ".join(changes))}">(proposal widened: {len(changes)} '
+            f'choice{"s" if len(changes) > 1 else ""} the table predicted cost no latency)</span>')
+
+
 def _member_rows(summary: Mapping[str, Any], front: list[Mapping]) -> str:
     base = summary["baseline"]
     rows = []
@@ -93,7 +102,7 @@ def _member_rows(summary: Mapping[str, Any], front: list[Mapping]) -> str:
         rows.append(
             f'<tr class="member-row{"" if verified else " failed"}" data-trial="{int(m["trial"])}">'
             + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
-            + f'<td class="status">{html.escape(status)}</td><td class="left">{html.escape(m.get("summary", ""))}</td>'
+            + f'<td class="status">{html.escape(status)}</td><td class="left">{html.escape(m.get("summary", ""))}{_widened(m)}</td>'
             + f'<td>{_link(m.get("engine_file"))}</td><td>{_link(m.get("sidecar_file"), "sidecar")}</td><td>{final_cell}</td></tr>'
         )
     return "\n".join(rows) or '<tr><td colspan="12">No candidate met the budget.</td></tr>'
@@ -152,7 +161,8 @@ def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], 
 <div><b>Budget</b><br><b>{summary['budget_ms']:.3f} ms</b> (<code>{html.escape(str(summary['budget']))}</code>){_floor_line(summary)}</div>
 <div><b>Trials</b><br>{counts.get('completed', 0)} fine-tuned, {counts.get('infeasible', 0)} rejected by the latency table,
 {counts.get('failed', 0)} failed, {counts.get('failed_verification', 0)} failed engine verification;
-{counts.get('repaired', 0)} fine-tuned trials were over-budget proposals repaired to fit</div>
+{counts.get('repaired', 0)} fine-tuned trials were over-budget proposals repaired to fit,
+{counts.get('widened', 0)} proposals widened where compressing less was predicted to cost no latency</div>
 </section>
 <section><h2>Front: {metric} against measured latency</h2>
 <p class="hint">Marker area is proportional to engine size. Hover a point for its numbers; click a front member to see its policy.</p>
