@@ -205,8 +205,11 @@ def _search_config(run_dir: Path, builder: str, trials: int = 3):
     from autocompress.spaces import SpaceConfig
     from autocompress.study import SearchConfig
 
+    # Without widening: under this loose budget the tiny MLP's compressions save no predicted
+    # latency, so widening turns proposals into repeats, and the fault would not hit trial 1.
     return SearchConfig(task=f"{FAULTY}:{builder}", latency_budget="10ms", trials=trials, run_dir=str(run_dir), seed=0,
-                        distill=DistillConfig(steps=4, lr=0.01), space=SpaceConfig(rank_ratios=(1.0,)), share_table=False)
+                        distill=DistillConfig(steps=4, lr=0.01), space=SpaceConfig(rank_ratios=(1.0,)), share_table=False,
+                        widen=False)
 
 
 def _search_with_one_fault(tmp_path: Path, measured_table: Path, builder: str) -> list[optuna.trial.FrozenTrial]:
