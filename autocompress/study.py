@@ -555,7 +555,9 @@ def run_search(
             searcher.enqueue(policy, attrs)
     if interrupted:
         console.print(f"Marked {interrupted} interrupted trial(s) of the previous process as failed; their candidates are proposed again.")
-    completed = [t for t in searcher.study.get_trials(deepcopy=False) if t.user_attrs.get("status") == "completed"]
+    # Fine-tuned trials only: a repeat of a policy (told its original's outcome) has no metric of its own.
+    completed = [t for t in searcher.study.get_trials(deepcopy=False)
+                 if t.user_attrs.get("status") == "completed" and "duplicate_of" not in t.user_attrs]
     seen: dict[str, dict] = {t.user_attrs["digest"]: t.user_attrs for t in completed}
     tried = {t.user_attrs["digest"] for t in searcher.study.get_trials(deepcopy=False)
              if t.user_attrs.get("status") in ("completed", "failed") and "digest" in t.user_attrs}

@@ -208,3 +208,33 @@ def test_negative_metric_drop_is_refused():
 
     with pytest.raises(UserError, match="--max-metric-drop must be a number >= 0"):
         SearchConfig(max_metric_drop=-0.01)
+
+
+def test_a_run_whose_store_holds_a_repeat_resumes(tmp_path, mlp_run):
+    """A repeat (a proposal, widened or not, that came out as a policy already fine-tuned) is
+    told its original's outcome and has no metric of its own: resuming reads past it."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from conftest import MLP_TASK
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(mlp_run, run_dir)
+    study = optuna.load_study(study_name="autocompress", storage=f"sqlite:///{run_dir / 'study.db'}")
+    done = next(t for t in study.get_trials() if t.user_attrs.get("status") == "completed")
+    repeat = study.ask()
+    for key, value in {"policy": done.user_attrs["policy"], "digest": done.user_attrs["digest"], "status": "completed",
+                       "predicted_ms": done.user_attrs["predicted_ms"], "duplicate_of": done.number,
+                       "measured_ms": done.user_attrs["measured_ms"]}.items():
+        repeat.set_user_attr(key, value)
+    study.tell(repeat, done.values)
+
+    config = SearchConfig(
+        task=MLP_TASK, latency_budget="10ms", trials=4, run_dir=str(run_dir), seed=0, distill=DistillConfig(steps=5),
+        space=SpaceConfig(prune_ratios=(0.0, 0.5), bits=(32, 8), rank_ratios=(1.0,)), calibration_batches=1, share_table=False,
+        calibration_seconds=0.0,
+    )
+    result = run_search(config, console=Console(file=io.StringIO()))
+    assert result.counts["completed"] == 4 and result.counts["duplicates"] >= 1
