@@ -537,9 +537,13 @@ def run_search(
 
     def widen_proposal(policy: Policy, predicted_ms: float, attrs: dict) -> tuple[Policy, float]:
         """A within-budget proposal widened where the table predicts it costs nothing (the
-        trial evaluates the widened policy; its record keeps the proposal), and its prediction."""
-        wide = widening(policy) if widening is not None else None
-        if wide is None:
+        trial evaluates the widened policy; its record keeps the proposal), and its prediction.
+        A widening into a policy already fine-tuned is not taken: the proposal runs as
+        proposed, so widening never turns a new proposal into a repeat (under a loose budget
+        on a small model most proposals widen into a few policies, and a search of repeats
+        ran out of proposals with fewer trials fine-tuned than asked)."""
+        wide = widening(policy) if widening is not None and policy.digest not in seen else None
+        if wide is None or wide.policy.digest in seen:
             return policy, predicted_ms
         attrs.update({"policy": wide.policy.to_dict(), "digest": wide.policy.digest, "predicted_ms": wide.predicted_us / 1000,
                       "widened": list(wide.changes), "widened_from": {"policy": policy.to_dict(), "predicted_ms": predicted_ms}})
