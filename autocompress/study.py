@@ -7,6 +7,7 @@ and verify -> tell) -> Pareto front -> engines, pareto.json, report.html.
 
 from __future__ import annotations
 
+import functools
 import math
 import platform
 import statistics
@@ -36,7 +37,7 @@ from autocompress.export import (
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import (
     CALIBRATION_BUDGET_S, DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend,
-    uneven_drift, uneven_warning,
+    UNEVEN, timed_unevenly_note, uneven_drift, uneven_warning,
 )
 from autocompress.latency_lut import fidelity as table_fidelity  # `fidelity` names the run's figures below
 from autocompress.report import pareto_front, write_report
@@ -366,6 +367,12 @@ def latency_at_start_us(engine: Mapping[str, Any], baseline_us: float, tracker_u
     return float(engine["latency_us"])
 
 
+def uneven_rounds(engine: Mapping[str, Any], baseline_us: float, tracker_us: float | None) -> float | None:
+    """`uneven_drift` of the original and the tracker timed beside an engine, against their
+    timings at the run's start (None where either was not timed beside it)."""
+    return uneven_drift(engine.get("original_latency_us"), engine.get("tracker_latency_us"), baseline_us, tracker_us)
+
+
 def train_and_export(
     bench: Workbench, policy: Policy, trial_id: int, distill_config: DistillConfig, engines_dir: Path, check_batches: list,
     seed: int, progress: ProgressHook | None = None,
@@ -521,9 +528,10 @@ def run_search(
     # 4. The search loop.
     enter_phase("search")
     storage = f"sqlite:///{(run_dir / 'study.db').resolve()}"
+    predict_us = functools.partial(table.predict_us, inventory)  # what every stage below asks of a policy
     try:
         searcher = make_searcher(
-            config.searcher, space, storage, config.seed, task.higher_is_better, lambda p: table.predict_us(inventory, p),
+            config.searcher, space, storage, config.seed, task.higher_is_better, predict_us,
             budget_ms * 1000, config.objectives, run_dir,
         )
     except Exception as exc:  # SQLAlchemy's DatabaseError and kin: the file is not a whole SQLite database
@@ -532,8 +540,18 @@ def run_search(
         raise trial_store_error(run_dir, exc) from None
     interrupted = searcher.abandon_running(retry=True)
     importance = WeightL1Importance(task.model, inventory, space) if config.repair or config.widens else None
-    repair = BudgetRepair(space, lambda p: table.predict_us(inventory, p), importance) if config.repair else None
-    widening = FreeWidening(space, lambda p: table.predict_us(inventory, p), importance) if config.widens else None
+    repair = BudgetRepair(space, predict_us, importance) if config.repair else None
+    widening = FreeWidening(space, predict_us, importance) if config.widens else None
+
+    def learn_from(policy: Policy, engine: dict) -> None:
+        """Later predictions learn from an engine's timing, brought to the machine speed the
+        table was calibrated at, unless its rounds ran integer and float kernels at other
+        relative speeds than the run's start (``engine["uneven"]`` beyond ``UNEVEN``): the
+        tracker then brings the timing there wrongly (48% median error on the 60 candidates
+        of such a run, BENCHMARKS.md), and the point would pull every prediction near it."""
+        engine["uneven"] = drift = uneven_rounds(engine, baseline_ms * 1000, tracker_us)
+        if drift is None or abs(drift) <= UNEVEN:
+            table.add_measurement(inventory, policy, latency_at_start_us(engine, baseline_ms * 1000, tracker_us))
 
     def widen_proposal(policy: Policy, predicted_ms: float, attrs: dict) -> tuple[Policy, float]:
         """A within-budget proposal widened where the table predicts it costs nothing (the
@@ -551,7 +569,7 @@ def run_search(
     if not searcher.study.get_trials(deepcopy=False):
         seeds: list[tuple[Policy, dict]] = [(p, {}) for p in seed_policies(space)]  # the uniform baselines
         if config.sensitivity_seed and seeds:  # proposed right after int8 everywhere, before the uniform pruning
-            informed = _sensitivity_seed(bench, seeds[0][0], lambda p: table.predict_us(inventory, p), budget_ms * 1000,
+            informed = _sensitivity_seed(bench, seeds[0][0], predict_us, budget_ms * 1000,
                                          run_dir, manifest, console, distill_config.bn_batches)
             if informed is not None and all(informed != p for p, _ in seeds):
                 seeds.insert(1, (informed, {"seed": "sensitivity"}))
@@ -602,6 +620,9 @@ def run_search(
             flag = "" if engine["ok"] else f" [red]engine check failed: {'; '.join(engine['problems'])}[/]"
             if attrs.get("widened"):
                 where += f", {len(attrs['widened'])} choice(s) widened at no predicted cost"
+            if abs(drift := engine.get("uneven") or 0.0) > UNEVEN:
+                where += (f"; [yellow]timed while the most compressed model ran {drift:+.0%} against the original "
+                          "relative to the start: not used to correct the table[/]")
             console.print(
                 f"  trial {trial_id:>3}: {task.metric_name} {metric:.4f}  predicted {predicted_ms:.3f} ms  "
                 f"measured {measured_ms:.3f} ms  ({attrs['summary']}, {attrs['trial_s']:.0f} s{where}){flag}"
@@ -613,10 +634,10 @@ def run_search(
                               config.calibration_batches, distill_config, config.seed, batch_size=config.batch_size,
                               int8_weight_max=compress.int8_weight_max())
             sweep = run_ray_trials(
-                config.ray, searcher, lambda p: table.predict_us(inventory, p) / 1000, budget_ms, spec, run_dir,
+                config.ray, searcher, lambda p: predict_us(p) / 1000, budget_ms, spec, run_dir,
                 target=config.trials, completed=n_done, max_proposals=max_proposals,
                 max_failures_before_success=MAX_FAILURES_BEFORE_SUCCESS, seen=seen, on_completed=show_completed,
-                on_measured=lambda p, engine: table.add_measurement(inventory, p, latency_at_start_us(engine, baseline_ms * 1000, tracker_us)),
+                on_measured=learn_from,
                 higher_is_better=task.higher_is_better,
                 callbacks=ray_callbacks, repair=repair_proposal, shortfall=shortfall, widen=widen_proposal,
             )
@@ -632,7 +653,7 @@ def run_search(
             if asked is None:
                 break
             trial_id, policy = asked
-            predicted_ms = table.predict_us(inventory, policy) / 1000
+            predicted_ms = predict_us(policy) / 1000
             attrs: dict[str, Any] = {"policy": policy.to_dict(), "digest": policy.digest, "predicted_ms": predicted_ms}
             if predicted_ms > budget_ms:
                 rejected += 1
@@ -669,13 +690,12 @@ def run_search(
             attrs["trial_s"] = time.perf_counter() - t_trial
             metric, engine_latency_us = attrs["metric"], attrs["engine"]["latency_us"]
             t_record = time.perf_counter()
+            learn_from(policy, attrs["engine"])  # before the record, which keeps whether it did
             searcher.record(trial_id, attrs)
             searcher.tell(trial_id, Outcome("completed", metric, engine_latency_us / 1000, predicted_ms - budget_ms,
                                             size_bytes=attrs["size_bytes"], overhead_s=overhead_s + time.perf_counter() - t_record,
                                             metric_shortfall=shortfall(metric)))
             seen[policy.digest] = attrs
-            # Later predictions learn from it, at the machine speed the table was calibrated at.
-            table.add_measurement(inventory, policy, latency_at_start_us(attrs["engine"], baseline_ms * 1000, tracker_us))
             n_done += 1
             show_completed(trial_id, predicted_ms, attrs)
     table.save()
@@ -902,6 +922,7 @@ def finalize_run(
         if both and tracker_us:  # did integer and float kernels keep their relative speeds since the start?
             fidelity["uneven"] = uneven_drift(statistics.median(e["original_latency_us"] for e in both),
                                               statistics.median(e["tracker_latency_us"] for e in both), base_us, tracker_us)
+        fidelity["timed_unevenly"] = sum(1 for e in map(engine_of, timed_beside) if abs(e.get("uneven") or 0.0) > UNEVEN)
     members = []
     for t in front:
         engine_path = _engine_file(run_dir, t)
@@ -949,6 +970,8 @@ def finalize_run(
         )
     if warning := uneven_warning(fidelity.get("uneven"), "at the run's start"):
         console.print(f"[yellow]{warning}[/]")
+    if note := timed_unevenly_note(fidelity.get("timed_unevenly"), fidelity.get("candidates")):
+        console.print(f"[yellow]{note}[/]")
     if removed:
         console.print(f"Deleted the fine-tuned weights of {len(removed)} trial(s) off the front (kept: front members').")
     console.print(f"Report: [bold]{report}[/]   Front: {run_dir / 'pareto.json'}")

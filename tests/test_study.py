@@ -89,6 +89,45 @@ def test_the_most_compressed_model_timed_beside_an_engine_brings_it_to_the_start
     assert latency_at_start_us({**engine, "tracker_latency_us": None}, 400.0, 100.0) == pytest.approx(220.0 * 400.0 / 360.0)
 
 
+def test_rounds_that_ran_unevenly_are_named_against_the_start():
+    """Original 2189 us and most compressed model 370 us at the start; beside an engine 2108
+    and 594 us: relative to the original, the latter took 67% longer, beyond what a quiet
+    machine moves; 2279 and 379 us is within it; an engine timed beside neither has no figure."""
+    from autocompress.latency_lut import UNEVEN, timed_unevenly_note
+    from autocompress.study import uneven_rounds
+
+    slow = uneven_rounds({"original_latency_us": 2108.0, "tracker_latency_us": 594.0}, 2189.0, 370.0)
+    assert slow == pytest.approx(0.667, abs=0.001) and slow > UNEVEN
+    assert abs(uneven_rounds({"original_latency_us": 2279.0, "tracker_latency_us": 379.0}, 2189.0, 370.0)) < UNEVEN
+    assert uneven_rounds({"latency_us": 180.0}, 2189.0, 370.0) is None
+    assert uneven_rounds({"original_latency_us": 2108.0, "tracker_latency_us": 594.0}, 2189.0, None) is None
+    assert timed_unevenly_note(0, 3) is None and timed_unevenly_note(None, None) is None
+    assert timed_unevenly_note(2, 3).startswith("2 of 3 exported candidates were timed while")
+
+
+def test_the_table_does_not_learn_from_engines_timed_while_the_machine_ran_unevenly(tmp_path, digits_task, monkeypatch, capsys):
+    """Every engine's rounds ran uneven: the search still fine-tunes and records its trials,
+    but feeds none of their timings to the table's calibration, and says so per trial, in
+    pareto.json and in the report."""
+    import autocompress.study as study
+    from autocompress.latency_lut import LatencyTable
+
+    learned = []
+    monkeypatch.setattr(study, "uneven_rounds", lambda engine, baseline_us, tracker_us: 0.6)
+    monkeypatch.setattr(LatencyTable, "add_measurement", lambda self, inventory, policy, us: learned.append(policy.digest))
+    run_dir = tmp_path / "run"
+    run_search(_config(run_dir, "0.9x", trials=2), task=digits_task)
+
+    completed = [t for t in _trials(run_dir) if t.user_attrs.get("status") == "completed" and "duplicate_of" not in t.user_attrs]
+    assert len(completed) == 2 and learned == []
+    assert all(t.user_attrs["engine"]["uneven"] == pytest.approx(0.6) for t in completed)
+    pareto = json.loads((run_dir / "pareto.json").read_text())
+    assert pareto["fidelity"]["timed_unevenly"] == pareto["fidelity"]["candidates"] == 2
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
+    assert out.count("not used to correct the table") == 2 and "the table did not learn from their timings" in out
+    assert "the table did not learn from their timings" in (run_dir / "report.html").read_text()
+
+
 def test_infeasible_proposals_are_never_fine_tuned(tmp_path, digits_task):
     import random
 

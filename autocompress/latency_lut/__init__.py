@@ -22,7 +22,7 @@ from autocompress.latency_lut._table import (
 from autocompress.latency_lut._tensorrt import TensorRTBackend
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
 from autocompress.latency_lut._validate import (
-    UNEVEN, FidelityReport, Validation, fidelity, uneven_drift, uneven_warning, validate,
+    UNEVEN, FidelityReport, Validation, fidelity, timed_unevenly_note, uneven_drift, uneven_warning, validate,
 )
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "profile_id",
     "read_table_file",
     "to_onnx_bytes",
+    "timed_unevenly_note",
     "uneven_drift",
     "uneven_warning",
     "validate",

@@ -12,7 +12,7 @@ from autocompress.inventory import LayerInventory
 from autocompress.latency_lut._table import LatencyTable
 from autocompress.spaces import Policy, SearchSpace
 
-__all__ = ["UNEVEN", "FidelityReport", "Validation", "fidelity", "uneven_drift", "uneven_warning", "validate"]
+__all__ = ["UNEVEN", "FidelityReport", "Validation", "fidelity", "timed_unevenly_note", "uneven_drift", "uneven_warning", "validate"]
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -84,6 +84,17 @@ def uneven_warning(drift: float | None, then: str = "in the table's calibration"
     return (f"Relative to the original, the most compressed model took {abs(drift):.0%} {'longer' if drift > 0 else 'less time'} "
             f"than {then}: the machine runs integer and float kernels at other relative speeds now "
             "(another load, a power or frequency state), and the latency figures judge that state as much as the table.")
+
+
+def timed_unevenly_note(n: int | None, candidates: int | None) -> str | None:
+    """One sentence on the ``n`` of a search's ``candidates`` whose engines were timed while
+    the machine ran integer and float kernels at other relative speeds than at the run's
+    start (`uneven_drift` of their rounds beyond ``UNEVEN``), which the search's table did
+    not learn from; None where there were none."""
+    if not n:
+        return None
+    return (f"{n} of {candidates} exported candidates were timed while the most compressed model ran more than {UNEVEN:.0%} "
+            "faster or slower against the original than at the run's start; the table did not learn from their timings.")
 
 
 @dataclass

@@ -131,7 +131,7 @@ def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], 
     """Write ``report.html`` for a run. ``summary`` holds task, baseline, budget, profile,
     counts, fidelity and the model's layers; ``trials`` are the trial store's records;
     ``front`` the members as in pareto.json."""
-    from autocompress.latency_lut import uneven_warning  # the search's process has it loaded already
+    from autocompress.latency_lut import timed_unevenly_note, uneven_warning  # the search's process has it loaded already
 
     base = summary["baseline"]
     counts = summary.get("counts", {})
@@ -149,6 +149,8 @@ def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], 
                           f"within ±10%.")
     if warning := uneven_warning(fid.get("uneven"), "at the run's start"):
         fidelity_text += " " + warning
+    if note := timed_unevenly_note(fid.get("timed_unevenly"), fid.get("candidates")):
+        fidelity_text += " " + note
     extra = "".join(f", {html.escape(str(k))} {v:.4f}" for k, v in (base.get("extra_metrics") or {}).items())
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">

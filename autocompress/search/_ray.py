@@ -386,11 +386,11 @@ class _TrialBook:
                 attrs["checkpoint"]["path"] = str(checkpoint)
             attrs["trial_s"] = time.time() - launched.started
             latency_ms = attrs["engine"]["latency_us"] / 1000
+            self.on_measured(policy, attrs["engine"])  # before the record: it notes in the engine whether the table learned
             self.searcher.record(trial_id, attrs)
             self.searcher.tell(trial_id, Outcome("completed", attrs["metric"], latency_ms, predicted_ms - self.budget_ms,
                                                  size_bytes=attrs.get("size_bytes"), metric_shortfall=self.shortfall(attrs["metric"])))
             self.seen[policy.digest] = attrs
-            self.on_measured(policy, attrs["engine"])
             self.sweep.completed += 1
             self.on_completed(trial_id, predicted_ms, attrs)
             return
