@@ -410,13 +410,27 @@ def _commits(data: dict) -> str:
     return "; ".join(f"{code} ({', '.join(parts)})" for code, parts in by_code.items())
 
 
+def _machine_text(m: dict) -> str:
+    return (f"{m['cpu']} ({m['cores']} cores, AVX-512 VNNI {'yes' if m['avx512_vnni'] else 'no'}, "
+            f"AMX {'yes' if m['amx'] else 'no'}), ONNX Runtime {m['onnxruntime']}")
+
+
+def _machines(data: dict) -> str:
+    """The machine every part was measured on, or which parts were measured on which."""
+    by_machine: dict[str, list[str]] = {}
+    for part in PARTS:
+        m = (data.get("machine_of") or {}).get(part)
+        if m is not None and (data.get("searches", {}).get(part) or data.get(part)):
+            by_machine.setdefault(_machine_text(m), []).append(part)
+    if len(by_machine) <= 1:
+        return _machine_text(data["machine"])
+    return "; ".join(f"{text} ({', '.join(parts)})" for text, parts in by_machine.items())
+
+
 def render(data: dict) -> str:
-    m = data["machine"]
     out = [BEGIN, "## Headline: where autocompress stands", "",
            f"Regenerated {data['generated']} by `.venv/bin/python benchmarks/headline.py` at commit "
-           f"{_commits(data)} on {m['cpu']} ({m['cores']} cores, "
-           f"AVX-512 VNNI {'yes' if m['avx512_vnni'] else 'no'}, AMX {'yes' if m['amx'] else 'no'}), ONNX Runtime "
-           f"{m['onnxruntime']} on CPU, 1 thread. Budgets are fractions of the original model's latency measured at "
+           f"{_commits(data)} on {_machines(data)} on CPU, 1 thread. Budgets are fractions of the original model's latency measured at "
            "the start of each search; speedups are the member's engine timed interleaved with the original in the "
            "same rounds (medians of 5 rounds). Each search's exact command is in `benchmarks/results/headline.json`.", ""]
     rows = [r for p in ("demo", "minilm", "minilm32") for r in data.get("searches", {}).get(p, [])]
@@ -473,7 +487,11 @@ def render(data: dict) -> str:
     out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in ANCHORS]
     out += [""]
     if data.get("moved"):
-        out += ["### Moved since the previous regeneration", ""] + [f"- {line}" for line in data["moved"]] + [""]
+        out += ["### Moved since the previous regeneration", ""]
+        if data.get("machine_changed"):
+            out += [f"Measured on another machine than before: {', '.join(data['machine_changed'])}; their figures "
+                    "moved with the machine as much as with the code.", ""]
+        out += [f"- {line}" for line in data["moved"]] + [""]
     elif data.get("previous_generated"):
         out += [f"No figure moved by more than 5% (metrics: 0.005) since the regeneration of {data['previous_generated']}.", ""]
     out.append(END)
@@ -540,8 +558,13 @@ def main() -> None:
         for part in PARTS:  # figures kept from a regeneration that did not record its parts' commits
             if part not in code_of and (data.get("searches", {}).get(part) or data.get(part)):
                 code_of[part] = previous.get("code", "unknown")
+        machine_of = data.setdefault("machine_of", {})
+        for part in PARTS:  # figures kept from a regeneration that did not record its parts' machines
+            if part not in machine_of and (data.get("searches", {}).get(part) or data.get(part)):
+                machine_of[part] = previous["machine"]
         data["machine"] = _machine()
         data["code"] = _code_version()
+        data["machine_changed"] = [p for p in parts if p in machine_of and _machine_text(machine_of[p]) != _machine_text(data["machine"])]
         for part in parts:
             if part in SEARCHES:
                 data.setdefault("searches", {})[part] = []
@@ -553,6 +576,7 @@ def main() -> None:
             elif part == "scaling":
                 data["scaling"] = run_scaling()
             data.setdefault("code_of", {})[part] = data["code"]
+            machine_of[part] = data["machine"]
             RESULTS.write_text(json.dumps(data, indent=1))
         data["generated"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         data["previous_generated"] = previous.get("generated")
