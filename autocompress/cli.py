@@ -434,7 +434,7 @@ def _lut(args: argparse.Namespace) -> int:
 def _print_validation(result, task: str, samples: int, console) -> None:
     """`lut validate`'s report as text: each view with its worst cases, the machine line,
     and what to doubt in it."""
-    from autocompress.latency_lut import uneven_warning
+    from autocompress.latency_lut import DISTURBED, uneven_warning
 
     for key, title, report in result.views():
         unit = "x" if key == "relative_to_original" else "us"
@@ -451,6 +451,10 @@ def _print_validation(result, task: str, samples: int, console) -> None:
 
     console.print("Timed beside the candidates (median): "
                   f"{beside('the original', 'original')}; {beside('the most compressed model', 'most_compressed')}")
+    if retimed := result.machine.get("retimed"):
+        console.print(f"{retimed} candidate timing(s) were taken again after a pause: the original or the most compressed model "
+                      f"beside them ran more than {DISTURBED:.0%} off its usual time (a passing disturbance of the machine)"
+                      + (f"; {n} still did, and are judged as timed." if (n := result.machine.get("disturbed")) else "."))
     warning = uneven_warning(result.uneven())
     if warning:
         console.print(f"[yellow]{warning} Validate again when the machine is quiet; if this state lasts, "

@@ -497,6 +497,33 @@ def test_validation_at_the_calibration_speed_sees_through_the_machine_slowing_do
     assert result.at_calibration_speed is None and [key for key, _, _ in result.views()] == ["latency", "relative_to_original"]
 
 
+def test_a_candidate_timed_in_a_passing_disturbance_is_timed_again():
+    """The two models beside the candidates run 1000 and 200 us; a disturbance makes them
+    1600 and 500 us for one timing: that candidate is timed again after a pause and the quiet
+    timing kept. A disturbance outlasting the pauses keeps the least disturbed timing and is
+    counted; a state that lasts becomes the usual time within half the window."""
+    from autocompress.latency_lut import DISTURBED, QuietTimer
+    from autocompress.spaces import Policy
+
+    script: list[tuple[float, float, float]] = []
+    pauses: list[float] = []
+    timer = QuietTimer(lambda policy: script.pop(0), window=5, pauses=(1.0, 3.0), sleep=pauses.append)
+    policy = Policy({}, {}, {})
+    quiet, spike = (300.0, 1000.0, 200.0), (600.0, 1600.0, 500.0)
+    script += [quiet] * 3
+    assert [timer(policy) for _ in range(3)] == [quiet] * 3 and timer.retimed == 0 and pauses == []
+    script += [spike, (310.0, 1010.0, 205.0)]
+    assert timer(policy) == (310.0, 1010.0, 205.0) and timer.retimed == 1 and pauses == [1.0] and timer.disturbed == 0
+    script += [spike, (500.0, 1400.0, 400.0), spike]  # disturbed all three times: the least disturbed is kept
+    assert timer(policy) == (500.0, 1400.0, 400.0) and pauses == [1.0, 1.0, 3.0] and (timer.retimed, timer.disturbed) == (2, 1)
+    assert timer.deviation(1000.0, 230.0) <= DISTURBED < timer.deviation(1000.0, 240.0)
+    slow = (450.0, 1300.0, 300.0)  # the machine stays 30-50% slower: after three retimed timings it is the usual time
+    script += [slow] * 20
+    for _ in range(5):
+        assert timer(policy) == slow
+    assert timer.retimed <= 2 + 3 and timer.deviation(1300.0, 300.0) == 0.0
+
+
 def test_calibration_adds_models_while_its_budget_allows_and_corrects_drift(saved_table, tmp_path, backend, resnet_inventory, space):
     """Models cost 20 ms each: a 1 s budget takes the first batch (baseline, most compressed,
     every layer int8, 2 random) and then as many more as fit, up to the cap; the machine is 10% slower during

@@ -22,10 +22,11 @@ from autocompress.latency_lut._table import (
 from autocompress.latency_lut._tensorrt import TensorRTBackend
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
 from autocompress.latency_lut._validate import (
-    UNEVEN, FidelityReport, Validation, fidelity, timed_unevenly_note, uneven_drift, uneven_warning, validate,
+    DISTURBED, UNEVEN, FidelityReport, QuietTimer, Validation, fidelity, timed_unevenly_note, uneven_drift, uneven_warning, validate,
 )
 
 __all__ = [
+    "DISTURBED",
     "BACKENDS",
     "CALIBRATION_BUDGET_S",
     "DEFAULT_BACKEND",
@@ -35,6 +36,7 @@ __all__ = [
     "FidelityReport",
     "LatencyBackend",
     "LatencyTable",
+    "QuietTimer",
     "LayerChoiceShape",
     "Measurable",
     "Measurement",

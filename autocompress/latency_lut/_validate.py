@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+import statistics
+import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -12,7 +15,7 @@ from autocompress.inventory import LayerInventory
 from autocompress.latency_lut._table import LatencyTable
 from autocompress.spaces import Policy, SearchSpace
 
-__all__ = ["UNEVEN", "FidelityReport", "Validation", "fidelity", "timed_unevenly_note", "uneven_drift", "uneven_warning", "validate"]
+__all__ = ["DISTURBED", "UNEVEN", "FidelityReport", "QuietTimer", "Validation", "fidelity", "timed_unevenly_note", "uneven_drift", "uneven_warning", "validate"]
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -141,6 +144,55 @@ class Validation:
         return out
 
 
+DISTURBED = 0.15  # beyond this off its recent usual time, a model timed beside a candidate says the machine was disturbed
+RETIME_PAUSES_S = (1.0, 3.0)  # before each further timing of a candidate timed in a disturbance
+
+
+class QuietTimer:
+    """``measure_beside`` with a check on the machine: where the original or the most
+    compressed model, timed in the same rounds as a candidate, ran more than ``DISTURBED``
+    off its usual time (the median of its last ``window`` timings), the machine was
+    disturbed while the candidate ran, and the candidate is timed again after a pause, up to
+    ``len(pauses)`` times; the least disturbed timing is kept. ``retimed`` counts the
+    candidates timed again, ``disturbed`` those whose kept timing still was.
+
+    On the AVX2 EPYC, 12 of 200 candidates of one `lut validate` were timed in passing
+    disturbances (both models 15-160% slow for a second or so, in bursts over a minute) and
+    made 11 of its 42 misses beyond ±10%; the same candidates timed again a few minutes
+    later agreed with the table (benchmarks/BENCHMARKS.md). A state that lasts moves the
+    usual times with it within half a window, so it is judged, not retimed forever."""
+
+    def __init__(self, measure_beside: Callable[[Policy], tuple[float, float, float]], window: int = 15,
+                 pauses: tuple[float, ...] = RETIME_PAUSES_S, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.measure_beside, self.pauses, self.sleep = measure_beside, pauses, sleep
+        self.history: deque[tuple[float, float]] = deque(maxlen=window)
+        self.retimed = self.disturbed = 0
+
+    def deviation(self, original_us: float, tracker_us: float) -> float:
+        """How far the two models ran off their usual times (the larger; 0 until 3 timings)."""
+        if len(self.history) < 3:
+            return 0.0
+        usual_original = statistics.median(o for o, _ in self.history)
+        usual_tracker = statistics.median(t for _, t in self.history)
+        return max(abs(original_us / usual_original - 1), abs(tracker_us / usual_tracker - 1))
+
+    def __call__(self, policy: Policy) -> tuple[float, float, float]:
+        kept, kept_deviation = None, float("inf")
+        for pause in (None, *self.pauses):
+            if pause is not None:
+                self.sleep(pause)
+            timing = self.measure_beside(policy)
+            deviation = self.deviation(timing[1], timing[2])
+            if deviation < kept_deviation:
+                kept, kept_deviation = timing, deviation
+            if deviation <= DISTURBED:
+                break
+        self.retimed += pause is not None
+        self.disturbed += kept_deviation > DISTURBED
+        self.history.append((kept[1], kept[2]))
+        return kept
+
+
 def _calibration_point(table: LatencyTable, inventory: LayerInventory, policy: Policy) -> dict | None:
     """The calibration's point of ``policy`` (the first, where a search added more): its sum
     and its timing at the machine speed the calibration was fitted at."""
@@ -168,6 +220,8 @@ def validate(
     seed: int = 0,
     on_sample: Callable[[int], None] | None = None,
     repeat: bool = False,
+    pauses: tuple[float, ...] = RETIME_PAUSES_S,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Validation:
     """Draw ``samples`` random policies; predict each, then build, export and time it end to
     end, interleaved with the original model and the space's most compressed one.
@@ -175,8 +229,11 @@ def validate(
     ``measure_beside(policy)`` returns (candidate us, original us, most compressed us), timed
     in the same rounds. See `Validation` for the views; the relative ones are what machine
     drift between minutes cannot touch. With ``repeat``, every candidate is timed a second
-    time after all the first timings (minutes later on a big sample).
+    time after all the first timings (minutes later on a big sample). A candidate timed in a
+    passing disturbance of the machine is timed again (`QuietTimer`; ``pauses`` and ``sleep``
+    as there); ``machine`` counts them.
     """
+    measure_beside = QuietTimer(measure_beside, pauses=pauses, sleep=sleep)
     rng = random.Random(seed)
     baseline, tracker = space.baseline(), space.extreme()
     point = _calibration_point(table, inventory, tracker)
@@ -216,4 +273,5 @@ def validate(
             if on_sample is not None:
                 on_sample(samples + i + 1)
         result.repeat = {key: fidelity(values, measured[key], labels) for key, values in views(again).items()}
+    result.machine.update(retimed=measure_beside.retimed, disturbed=measure_beside.disturbed)
     return result
