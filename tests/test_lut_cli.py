@@ -101,6 +101,25 @@ def test_lut_validate_text_warns_of_a_machine_running_unevenly():
         assert ("`autocompress lut build` with the same --table refits the calibration" in text) is warned
 
 
+def test_lut_validate_text_counts_candidates_timed_again():
+    """Candidates timed again after a disturbance are counted, and those still disturbed
+    named as judged as timed; a validation without any says nothing of it."""
+    from rich.console import Console
+
+    from autocompress.cli import _print_validation
+    from autocompress.latency_lut import Validation, fidelity
+
+    report = fidelity([100.0, 200.0], [110.0, 190.0], ["a", "b"])
+    machine = {"original_us": 2000.0, "original_calibration_us": 2000.0, "most_compressed_us": 375.0, "most_compressed_calibration_us": 375.0}
+    for counts, expected in (({"retimed": 3, "disturbed": 1}, "3 candidate timing(s) were taken again"),
+                             ({"retimed": 0, "disturbed": 0}, None)):
+        console = Console(record=True, width=2000)
+        _print_validation(Validation(report, report, machine={**machine, **counts}), "demo", 2, console)
+        text = console.export_text()
+        assert (expected in text) if expected else "taken again" not in text
+        assert ("1 still did, and are judged as timed" in text) is bool(counts["disturbed"])
+
+
 def test_lut_show_without_a_table_says_how_to_build_one(tmp_path):
     proc = cli("lut", "show", "--table", str(tmp_path / "none.json"), tmp=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
