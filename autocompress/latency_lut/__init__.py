@@ -22,21 +22,21 @@ from autocompress.latency_lut._table import (
 from autocompress.latency_lut._tensorrt import TensorRTBackend
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
 from autocompress.latency_lut._validate import (
-    DISTURBED, UNEVEN, FidelityReport, QuietTimer, Validation, fidelity, timed_unevenly_note, uneven_drift, uneven_warning, validate,
+    DISTURBED, UNEVEN, FidelityReport, QuietTimer, Validation, fidelity, timed_unevenly_note, uneven_drift, uneven_warning,
+    validate,
 )
 
 __all__ = [
-    "DISTURBED",
     "BACKENDS",
     "CALIBRATION_BUDGET_S",
     "DEFAULT_BACKEND",
+    "DISTURBED",
     "OPSET",
     "UNEVEN",
     "Calibration",
     "FidelityReport",
     "LatencyBackend",
     "LatencyTable",
-    "QuietTimer",
     "LayerChoiceShape",
     "Measurable",
     "Measurement",
@@ -45,6 +45,7 @@ __all__ = [
     "OrtCpuBackend",
     "OrtCudaBackend",
     "OrtTensorrtBackend",
+    "QuietTimer",
     "TensorRTBackend",
     "Timing",
     "TorchCpuBackend",
@@ -62,8 +63,8 @@ __all__ = [
     "make_backend",
     "profile_id",
     "read_table_file",
-    "to_onnx_bytes",
     "timed_unevenly_note",
+    "to_onnx_bytes",
     "uneven_drift",
     "uneven_warning",
     "validate",

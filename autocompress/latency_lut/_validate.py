@@ -15,7 +15,10 @@ from autocompress.inventory import LayerInventory
 from autocompress.latency_lut._table import LatencyTable
 from autocompress.spaces import Policy, SearchSpace
 
-__all__ = ["DISTURBED", "UNEVEN", "FidelityReport", "QuietTimer", "Validation", "fidelity", "timed_unevenly_note", "uneven_drift", "uneven_warning", "validate"]
+__all__ = [
+    "DISTURBED", "UNEVEN", "FidelityReport", "QuietTimer", "Validation", "fidelity", "timed_unevenly_note", "uneven_drift",
+    "uneven_warning", "validate",
+]
 
 
 def _ranks(x: np.ndarray) -> np.ndarray:
@@ -177,17 +180,18 @@ class QuietTimer:
         return max(abs(original_us / usual_original - 1), abs(tracker_us / usual_tracker - 1))
 
     def __call__(self, policy: Policy) -> tuple[float, float, float]:
-        kept, kept_deviation = None, float("inf")
+        kept, kept_deviation, attempts = None, float("inf"), 0
         for pause in (None, *self.pauses):
             if pause is not None:
                 self.sleep(pause)
             timing = self.measure_beside(policy)
+            attempts += 1
             deviation = self.deviation(timing[1], timing[2])
             if deviation < kept_deviation:
                 kept, kept_deviation = timing, deviation
             if deviation <= DISTURBED:
                 break
-        self.retimed += pause is not None
+        self.retimed += attempts > 1
         self.disturbed += kept_deviation > DISTURBED
         self.history.append((kept[1], kept[2]))
         return kept
