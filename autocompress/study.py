@@ -37,7 +37,7 @@ from autocompress.export import (
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import (
     CALIBRATION_BUDGET_S, DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend,
-    UNEVEN, timed_unevenly_note, uneven_drift, uneven_warning,
+    is_uneven, timed_unevenly_note, uneven_drift, uneven_warning,
 )
 from autocompress.latency_lut import fidelity as table_fidelity  # `fidelity` names the run's figures below
 from autocompress.report import pareto_front, write_report
@@ -550,7 +550,7 @@ def run_search(
         tracker then brings the timing there wrongly (48% median error on the 60 candidates
         of such a run, BENCHMARKS.md), and the point would pull every prediction near it."""
         engine["uneven"] = drift = uneven_rounds(engine, baseline_ms * 1000, tracker_us)
-        if drift is None or abs(drift) <= UNEVEN:
+        if not is_uneven(drift):
             table.add_measurement(inventory, policy, latency_at_start_us(engine, baseline_ms * 1000, tracker_us))
 
     def widen_proposal(policy: Policy, predicted_ms: float, attrs: dict) -> tuple[Policy, float]:
@@ -620,7 +620,7 @@ def run_search(
             flag = "" if engine["ok"] else f" [red]engine check failed: {'; '.join(engine['problems'])}[/]"
             if attrs.get("widened"):
                 where += f", {len(attrs['widened'])} choice(s) widened at no predicted cost"
-            if abs(drift := engine.get("uneven") or 0.0) > UNEVEN:
+            if is_uneven(drift := engine.get("uneven")):
                 where += (f"; [yellow]timed while the most compressed model ran {drift:+.0%} against the original "
                           "relative to the start: not used to correct the table[/]")
             console.print(
@@ -922,7 +922,7 @@ def finalize_run(
         if both and tracker_us:  # did integer and float kernels keep their relative speeds since the start?
             fidelity["uneven"] = uneven_drift(statistics.median(e["original_latency_us"] for e in both),
                                               statistics.median(e["tracker_latency_us"] for e in both), base_us, tracker_us)
-        fidelity["timed_unevenly"] = sum(1 for e in map(engine_of, timed_beside) if abs(e.get("uneven") or 0.0) > UNEVEN)
+        fidelity["timed_unevenly"] = sum(1 for e in map(engine_of, timed_beside) if is_uneven(e.get("uneven")))
     members = []
     for t in front:
         engine_path = _engine_file(run_dir, t)

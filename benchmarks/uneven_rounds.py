@@ -63,7 +63,7 @@ def main() -> None:
         tracker_then = points[space.extreme().digest]["measured_us"]
         original_then = points[space.baseline().digest]["measured_us"]
         tracker_share = integer_share(table.sums(inventory, space.extreme())[2])
-        print(f"| report | pass | int factor, float factor (medians) | by the most compressed model | by the original | two-factor |")
+        print("| report | pass | int factor, float factor (medians) | by the most compressed model | by the original | two-factor |")
         print("| --- | ---: | --- | ---: | ---: | ---: |")
         for path in args.reports:
             report = json.loads(Path(path).read_text())

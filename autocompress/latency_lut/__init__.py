@@ -22,8 +22,8 @@ from autocompress.latency_lut._table import (
 from autocompress.latency_lut._tensorrt import TensorRTBackend
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
 from autocompress.latency_lut._validate import (
-    DISTURBED, UNEVEN, FidelityReport, QuietTimer, Validation, fidelity, timed_unevenly_note, uneven_drift, uneven_warning,
-    validate,
+    DISTURBED, UNEVEN, FidelityReport, QuietTimer, Validation, fidelity, is_uneven, timed_unevenly_note, uneven_drift,
+    uneven_warning, validate,
 )
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "feeds_for",
     "fidelity",
     "input_names",
+    "is_uneven",
     "backend_for_profile",
     "make_backend",
     "profile_id",

@@ -16,8 +16,8 @@ from autocompress.latency_lut._table import LatencyTable
 from autocompress.spaces import Policy, SearchSpace
 
 __all__ = [
-    "DISTURBED", "UNEVEN", "FidelityReport", "QuietTimer", "Validation", "fidelity", "timed_unevenly_note", "uneven_drift",
-    "uneven_warning", "validate",
+    "DISTURBED", "UNEVEN", "FidelityReport", "QuietTimer", "Validation", "fidelity", "is_uneven", "timed_unevenly_note",
+    "uneven_drift", "uneven_warning", "validate",
 ]
 
 
@@ -82,10 +82,15 @@ def uneven_drift(original_us: float | None, most_compressed_us: float | None,
     return (most_compressed_us / original_us) / (most_compressed_then_us / original_then_us) - 1
 
 
+def is_uneven(drift: float | None) -> bool:
+    """Whether an `uneven_drift` is beyond ``UNEVEN`` (None, a missing timing: not)."""
+    return drift is not None and abs(drift) > UNEVEN
+
+
 def uneven_warning(drift: float | None, then: str = "in the table's calibration") -> str | None:
     """One sentence on an `uneven_drift` beyond ``UNEVEN``, against its timings ``then``;
     None within it."""
-    if drift is None or abs(drift) <= UNEVEN:
+    if not is_uneven(drift):
         return None
     return (f"Relative to the original, the most compressed model took {abs(drift):.0%} {'longer' if drift > 0 else 'less time'} "
             f"than {then}: the machine runs integer and float kernels at other relative speeds now "
@@ -224,8 +229,6 @@ def validate(
     seed: int = 0,
     on_sample: Callable[[int], None] | None = None,
     repeat: bool = False,
-    pauses: tuple[float, ...] = RETIME_PAUSES_S,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> Validation:
     """Draw ``samples`` random policies; predict each, then build, export and time it end to
     end, interleaved with the original model and the space's most compressed one.
@@ -234,10 +237,9 @@ def validate(
     in the same rounds. See `Validation` for the views; the relative ones are what machine
     drift between minutes cannot touch. With ``repeat``, every candidate is timed a second
     time after all the first timings (minutes later on a big sample). A candidate timed in a
-    passing disturbance of the machine is timed again (`QuietTimer`; ``pauses`` and ``sleep``
-    as there); ``machine`` counts them.
+    passing disturbance of the machine is timed again (`QuietTimer`); ``machine`` counts them.
     """
-    measure_beside = QuietTimer(measure_beside, pauses=pauses, sleep=sleep)
+    measure_beside = QuietTimer(measure_beside)
     rng = random.Random(seed)
     baseline, tracker = space.baseline(), space.extreme()
     point = _calibration_point(table, inventory, tracker)
