@@ -165,9 +165,10 @@ class QuietTimer:
     candidates timed again, ``disturbed`` those whose kept timing still was.
 
     On the AVX2 EPYC, 12 of 200 candidates of one `lut validate` were timed in passing
-    disturbances (both models 15-160% slow for a second or so, in bursts over a minute) and
-    made 11 of its 42 misses beyond ±10%; the same candidates timed again a few minutes
-    later agreed with the table (benchmarks/BENCHMARKS.md). A state that lasts moves the
+    disturbances (either model 15-164% slow for a second or so, in bursts over a minute) and
+    made 11 of its 42 misses beyond ±10%; timed again minutes later, 8 of the 12 were within
+    ±10% of the table (1 before), and 12 relative to the original (4 before;
+    benchmarks/BENCHMARKS.md). A state that lasts moves the
     usual times with it within half a window, so it is judged, not retimed forever."""
 
     def __init__(self, measure_beside: Callable[[Policy], tuple[float, float, float]], window: int = 15,
