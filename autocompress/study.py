@@ -552,6 +552,7 @@ def run_search(
         engine["uneven"] = drift = uneven_rounds(engine, baseline_ms * 1000, tracker_us)
         if not is_uneven(drift):
             table.add_measurement(inventory, policy, latency_at_start_us(engine, baseline_ms * 1000, tracker_us))
+            table.save_if_changed()
 
     def widen_proposal(policy: Policy, predicted_ms: float, attrs: dict) -> tuple[Policy, float]:
         """A within-budget proposal widened where the table predicts it costs nothing (the
@@ -630,11 +631,17 @@ def run_search(
         if config.ray is not None:  # the same trials as Ray Tune trials; this process records them all
             from autocompress.search._ray import WorkerSpec, resolve_task_spec, run_ray_trials
 
+            def predict_ms_saved(policy: Policy) -> float:
+                """The prediction, with any entries it measured saved before a worker fine-tunes."""
+                ms = predict_us(policy) / 1000
+                table.save_if_changed()
+                return ms
+
             spec = WorkerSpec(resolve_task_spec(config.task), task.fingerprint, config.space, config.threads,
                               config.calibration_batches, distill_config, config.seed, batch_size=config.batch_size,
                               int8_weight_max=compress.int8_weight_max())
             sweep = run_ray_trials(
-                config.ray, searcher, lambda p: predict_us(p) / 1000, budget_ms, spec, run_dir,
+                config.ray, searcher, predict_ms_saved, budget_ms, spec, run_dir,
                 target=config.trials, completed=n_done, max_proposals=max_proposals,
                 max_failures_before_success=MAX_FAILURES_BEFORE_SUCCESS, seen=seen, on_completed=show_completed,
                 on_measured=learn_from,
@@ -676,6 +683,7 @@ def run_search(
                                                 metric_shortfall=shortfall(prev["metric"])))
                 continue
             tried.add(policy.digest)
+            table.save_if_changed()  # entries this proposal's prediction measured outlive a kill in its fine-tuning
             overhead_s = time.perf_counter() - t_trial  # ask and predict; fine-tuning and export are not overhead
             try:
                 attrs.update(train_and_export(bench, policy, trial_id, distill_config, engines_dir, check_batches, config.seed))

@@ -588,6 +588,26 @@ def test_whole_model_measurements_refit_the_calibration(tmp_path, backend, resne
     assert cal.scale == pytest.approx(2.0, rel=1e-6) and cal.offset_us == pytest.approx(10.0, abs=1e-3)
 
 
+def test_what_a_search_measured_or_learned_is_saved_before_it_moves_on(saved_table, tmp_path, backend, resnet_inventory, space, policy):
+    path, entries, _raw, _ref = saved_table
+    run = tmp_path / "run.json"
+    run.write_bytes(path.read_bytes())
+    table = LatencyTable.open(run, backend, channel_multiple=MULTIPLE)
+    table.freeze_reference()
+    mtime = run.stat().st_mtime_ns
+    table.predict_us(resnet_inventory, policy)  # every entry known: nothing to save
+    table.save_if_changed()
+    assert run.stat().st_mtime_ns == mtime
+    other = Policy(prune={"stem.0": 0.5})  # new layer shapes: measured now, well inside the checkpoint interval
+    table.raw_us(resnet_inventory, other)
+    assert table.measured_now > 0 and len(json.loads(run.read_text())["entries"]) == len(entries)
+    table.add_measurement(resnet_inventory, other, 123.0)
+    table.save_if_changed()
+    saved = json.loads(run.read_text())
+    assert len(saved["entries"]) == len(entries) + table.measured_now
+    assert other.digest in {p["policy"] for c in saved["calibrations"].values() for p in c["points"]}
+
+
 def test_entries_are_rescaled_to_the_machine_speed_of_now(saved_table, backend, resnet_inventory, policy):
     path, entries, raw, _ref = saved_table
     table = LatencyTable.open(path, backend, channel_multiple=MULTIPLE)

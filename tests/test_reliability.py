@@ -22,6 +22,8 @@ from pathlib import Path
 import optuna
 import pytest
 
+from autocompress.latency_lut import is_uneven
+
 ROOT = Path(__file__).resolve().parents[1]
 MLP = f"{ROOT / 'tests' / 'fixtures' / 'mlp_task.py'}:build"
 TRIALS = 3
@@ -69,6 +71,13 @@ def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
 def _table_entries(run_dir: Path) -> int | None:
     path = run_dir / "latency_table.json"
     return len(json.loads(path.read_text())["entries"]) if path.is_file() else None
+
+
+def _learned(run_dir: Path) -> set[str]:
+    """The policies whose whole-model timings the saved table's calibrations hold."""
+    path = run_dir / "latency_table.json"
+    calibrations = json.loads(path.read_text())["calibrations"].values() if path.is_file() else []
+    return {p["policy"] for c in calibrations for p in c["points"]}
 
 
 def _resume(run_dir: Path, tmp: Path, how: str) -> subprocess.CompletedProcess:
@@ -124,8 +133,14 @@ def _kill_and_resume(tmp: Path, ready, how: str, pause: str = "", settle_s: floa
     run_dir = tmp / "run"
     proc = subprocess.Popen(_command(run_dir), env=_env(tmp, pause), cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     phases = _kill(proc, tmp, ready, settle_s)
-    before = {t.number for t in _trials(run_dir) if t.user_attrs.get("status") == "completed"}
+    done = [t for t in _trials(run_dir) if t.user_attrs.get("status") == "completed"]
+    before = {t.number for t in done}
     entries_before = _table_entries(run_dir)
+    # what the table learned from each engine timed before the kill is on disk (timings taken
+    # while the machine ran unevenly are not learned from)
+    learned = {t.user_attrs["digest"] for t in done if "duplicate_of" not in t.user_attrs
+               and not is_uneven(t.user_attrs["engine"].get("uneven"))}
+    assert learned <= _learned(run_dir)
     front_written = (run_dir / "pareto.json").is_file()
     (tmp / "phases.log").unlink(missing_ok=True)  # a kill at start-up leaves none
     rerun = _resume(run_dir, tmp, how)

@@ -529,6 +529,7 @@ class LatencyTable:
         self.measured_now = 0
         self.on_measure: Callable[[str], None] | None = None
         self._saved_at = time.monotonic()
+        self._unsaved = False  # entries or calibration points not yet on disk
         self._reference: tuple[float, float] | None = None  # (measured at, us)
         self._reference_history: list[tuple[float, float]] = []
         self._reference_run: Runner | None = None  # the reference, prepared once
@@ -585,6 +586,7 @@ class LatencyTable:
 
     def save(self) -> None:
         self._saved_at = time.monotonic()
+        self._unsaved = False
         try:
             atomic_write_json(self.path, self.to_dict())
         except OSError as exc:
@@ -677,6 +679,7 @@ class LatencyTable:
             self.entries[key] = self._measure_entry(choice)
             self.reference_us()  # the speed predictions rescale to, kept a few seconds
             self.measured_now += 1
+            self._unsaved = True
             if time.monotonic() - self._saved_at >= self.checkpoint_s:  # a crash mid-table keeps what was measured
                 self.save()
         entry = self.entries[key]
@@ -759,6 +762,13 @@ class LatencyTable:
         calibration = self.calibrations.setdefault(inventory.fingerprint, Calibration())
         calibration.points.append(self._point(inventory, policy, measured_us))
         calibration.fit()
+        self._unsaved = True
+
+    def save_if_changed(self) -> None:
+        """Save what was measured or learned since the last save: a search calls this before
+        each trial's fine-tuning and after it learns from an engine, so a kill loses neither."""
+        if self._unsaved:
+            self.save()
 
     def _point(self, inventory: LayerInventory, policy: Policy, measured_us: float) -> dict:
         raw, share, parts = self.sums(inventory, policy)
