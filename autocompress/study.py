@@ -36,8 +36,8 @@ from autocompress.export import (
 )
 from autocompress.inventory import build_inventory
 from autocompress.latency_lut import (
-    CALIBRATION_BUDGET_S, DEFAULT_BACKEND, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend,
-    is_uneven, timed_unevenly_note, uneven_drift, uneven_warning,
+    CALIBRATION_BUDGET_S, DEFAULT_BACKEND, DISTURBED, LatencyBackend, LatencyTable, Measurable, check_backend_name, make_backend,
+    QuietTimer, is_uneven, timed_unevenly_note, uneven_drift, uneven_warning,
 )
 from autocompress.latency_lut import fidelity as table_fidelity  # `fidelity` names the run's figures below
 from autocompress.report import pareto_front, write_report
@@ -154,6 +154,7 @@ class Workbench:
     channel_multiple: int
     _original: Measurable | None = None
     _tracker: Measurable | None = None
+    _engine_timer: QuietTimer | None = None
 
     def candidate(self, policy: Policy) -> torch.nn.Module:
         return compress.apply(
@@ -190,6 +191,17 @@ class Workbench:
         if self._tracker is None:
             self._tracker = Measurable.from_module(self.candidate(self.space.extreme()), self.task.example_inputs, dynamic_batch=True)
         return self._tracker
+
+    @property
+    def engine_timer(self) -> QuietTimer:
+        """Times an exported engine in rounds with the original and the tracker, and again
+        after a pause where either ran more than `DISTURBED` off its usual time in this
+        process's last engines: a passing disturbance of the machine then sets neither the
+        engine's reported latency nor what the table learns from it."""
+        if self._engine_timer is None:
+            self._engine_timer = QuietTimer(lambda items: self.backend.measure_many(items, rounds=5),
+                                            beside=lambda timings: (timings[0].median_us, timings[1].median_us))
+        return self._engine_timer
 
     def measure_with_original(self, policy: Policy) -> tuple[float, float]:
         """The candidate and the original model timed interleaved, round by round (us, us)."""
@@ -393,10 +405,13 @@ def train_and_export(
     engine = export_engine(
         student, task.example_inputs, engines_dir / f"trial-{trial_id:04d}.onnx", bench.backend, check_batches,
         task.metric, task.eval_loader, task.extra_metrics, original=bench.original, tracker=bench.tracker,
+        time_beside=bench.engine_timer,
     )
+    timer = bench.engine_timer
     return {
         "trial": trial_id, "metric": metric, "measured_ms": engine.latency_us / 1000,
-        "size_bytes": engine.size_bytes, "engine": engine.to_dict(),
+        "size_bytes": engine.size_bytes,
+        "engine": {**engine.to_dict(), "timed_again": timer.last_attempts - 1, "disturbed": timer.last_deviation > DISTURBED},
         "final_loss": losses[-1] if losses else None, "finetune_s": t_ft,
         "summary": _summarize_policy(policy, len(bench.inventory.layers)),
         "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint)},
@@ -621,6 +636,9 @@ def run_search(
             flag = "" if engine["ok"] else f" [red]engine check failed: {'; '.join(engine['problems'])}[/]"
             if attrs.get("widened"):
                 where += f", {len(attrs['widened'])} choice(s) widened at no predicted cost"
+            if engine.get("timed_again"):
+                where += (f"; timed again {engine['timed_again']}x after a passing disturbance of the machine"
+                          + (", which lasted" if engine.get("disturbed") else ""))
             if is_uneven(drift := engine.get("uneven")):
                 where += (f"; [yellow]timed while the most compressed model ran {drift:+.0%} against the original "
                           "relative to the start: not used to correct the table[/]")

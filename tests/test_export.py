@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import onnx
 import pytest
@@ -127,3 +128,29 @@ def test_int8_mlp_runs_integer_kernels(tmp_path, backend):
     assert engine.relative_error < 0.1
     assert engine.ok, engine.problems
     assert sum(engine.integer_nodes.values()) >= 2
+
+
+def test_an_engine_timed_in_a_passing_disturbance_is_timed_again(tmp_path, backend):
+    """The engine is timed in rounds with the original and the tracker through the timer it
+    is given; one whose neighbours ran 60% slow is timed again and the quiet timing kept."""
+    from autocompress.latency_lut import Measurement, QuietTimer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).eval()
+    x = (torch.randn(2, 16),)
+    original, tracker = (Measurable.from_module(m, x, dynamic_batch=True) for m in (model, model[:1]))
+    timed: list[list[Measurable]] = []
+
+    def timings(*us: float) -> list[Measurement]:
+        return [Measurement(u, u, u, 5) for u in us]
+    script = [timings(100.0, 20.0, 50.0)] * 3 + [timings(160.0, 32.0, 80.0), timings(101.0, 20.0, 51.0)]
+
+    def time_beside(items: list[Measurable]) -> list[Measurement]:
+        timed.append(items)
+        return script.pop(0)
+    timer = QuietTimer(time_beside, pauses=(0.0,), beside=lambda t: (t[0].median_us, t[1].median_us))
+    for i in range(4):
+        engine = export_engine(model, x, tmp_path / f"e{i}.onnx", backend, original=original, tracker=tracker, time_beside=timer)
+        assert timed[-1][:2] == [original, tracker] and timed[-1][2].onnx == Path(engine.path).read_bytes()
+    assert (engine.latency_us, engine.original_latency_us, engine.tracker_latency_us) == (51.0, 101.0, 20.0)
+    assert len(timed) == 5 and timer.last_attempts == 2 and timer.retimed == 1

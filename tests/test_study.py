@@ -58,6 +58,9 @@ def test_search_writes_front_engines_and_report(tmp_path, digits_task):
     # error is also given apart from drift, by the latter's timings.
     assert all(t.user_attrs["engine"]["original_latency_us"] > 0 and t.user_attrs["engine"]["tracker_latency_us"] > 0 for t in completed)
     assert manifest["baseline"]["tracker_latency_us"] > 0
+    # ... in a timer that times it again in a passing disturbance, and says how often it did
+    assert all(t.user_attrs["engine"]["timed_again"] in (0, 1, 2) and isinstance(t.user_attrs["engine"]["disturbed"], bool)
+               for t in completed)
     steady = pareto["fidelity"]["at_calibration_speed"]
     assert steady["candidates"] == pareto["fidelity"]["candidates"] == 3 and 0.0 <= steady["within_10pct"] <= 1.0
     assert steady["by"] == "the most compressed model"

@@ -13,7 +13,7 @@ from torch import nn
 
 from autocompress._io import atomic_write_bytes
 from autocompress.compress import DynamicQuantLinear, HalfPrecision, Int4Linear, QuantConv2d, QuantLinear
-from autocompress.latency_lut import LatencyBackend, Measurable, OrtBackend, OrtCpuBackend, feeds_for, to_onnx_bytes
+from autocompress.latency_lut import LatencyBackend, Measurable, Measurement, OrtBackend, OrtCpuBackend, feeds_for, to_onnx_bytes
 from autocompress.task import as_input_tuple
 
 __all__ = ["INTEGER_OPS", "Engine", "Parity", "compare_outputs", "export_engine", "optimized_op_counts"]
@@ -118,6 +118,7 @@ def export_engine(
     extra_metrics: Mapping[str, Callable[[torch.Tensor, torch.Tensor], float]] | None = None,
     original: Measurable | None = None,
     tracker: Measurable | None = None,
+    time_beside: Callable[[list[Measurable]], list[Measurement]] | None = None,
 ) -> Engine:
     """Export ``model`` to ONNX at ``path`` (dynamic batch), then verify and time it.
 
@@ -125,7 +126,9 @@ def export_engine(
     engine's own outputs in ONNX Runtime. With ``original``, the engine is timed round by
     round with the original model, whose latency in those rounds is kept beside its own
     (the speedup of the moment); with ``tracker`` too, so is the tracker's, a model whose
-    speed moves with the engine's when the machine's does (see `study.latency_at_start_us`)."""
+    speed moves with the engine's when the machine's does (see `study.latency_at_start_us`).
+    ``time_beside(items)`` times them in rounds (by default ``backend.measure_many``, 5 rounds);
+    a search passes one that times again in a passing disturbance (`QuietTimer`)."""
     model = model.eval()
     data = to_onnx_bytes(model, example_inputs, dynamic_batch=True)
     atomic_write_bytes(path, data)
@@ -161,7 +164,8 @@ def export_engine(
 
     engine_item = Measurable(tuple(example_inputs), module=model, onnx=data, dynamic_batch=True)
     beside = [m for m in (original, tracker) if m is not None]
-    *beside_timings, timing = backend.measure_many([*beside, engine_item], rounds=5) if beside else [backend.measure(engine_item)]
+    time_beside = time_beside or (lambda items: backend.measure_many(items, rounds=5))
+    *beside_timings, timing = time_beside([*beside, engine_item]) if beside else [backend.measure(engine_item)]
     beside_us = iter(t.median_us for t in beside_timings)
     original_us = next(beside_us) if original is not None else None
     tracker_us = next(beside_us) if tracker is not None else None

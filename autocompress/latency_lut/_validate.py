@@ -7,7 +7,7 @@ import statistics
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -162,7 +162,9 @@ class QuietTimer:
     off its usual time (the median of its last ``window`` timings), the machine was
     disturbed while the candidate ran, and the candidate is timed again after a pause, up to
     ``len(pauses)`` times; the least disturbed timing is kept. ``retimed`` counts the
-    candidates timed again, ``disturbed`` those whose kept timing still was.
+    candidates timed again, ``disturbed`` those whose kept timing still was;
+    ``last_attempts`` and ``last_deviation`` tell the last call's. ``beside(result)`` gives the two
+    models' microseconds from what ``measure_beside`` returns (by default its 2nd and 3rd).
 
     On the AVX2 EPYC, 12 of 200 candidates of one `lut validate` were timed in passing
     disturbances (either model 15-164% slow for a second or so, in bursts over a minute) and
@@ -171,11 +173,13 @@ class QuietTimer:
     benchmarks/BENCHMARKS.md). A state that lasts moves the
     usual times with it within half a window, so it is judged, not retimed forever."""
 
-    def __init__(self, measure_beside: Callable[[Policy], tuple[float, float, float]], window: int = 15,
-                 pauses: tuple[float, ...] = RETIME_PAUSES_S, sleep: Callable[[float], None] = time.sleep) -> None:
-        self.measure_beside, self.pauses, self.sleep = measure_beside, pauses, sleep
+    def __init__(self, measure_beside: Callable[..., Any], window: int = 15, pauses: tuple[float, ...] = RETIME_PAUSES_S,
+                 sleep: Callable[[float], None] = time.sleep,
+                 beside: Callable[[Any], tuple[float, float]] = lambda timing: (timing[1], timing[2])) -> None:
+        self.measure_beside, self.pauses, self.sleep, self.beside = measure_beside, pauses, sleep, beside
         self.history: deque[tuple[float, float]] = deque(maxlen=window)
-        self.retimed = self.disturbed = 0
+        self.retimed = self.disturbed = self.last_attempts = 0
+        self.last_deviation = 0.0
 
     def deviation(self, original_us: float, tracker_us: float) -> float:
         """How far the two models ran off their usual times (the larger; 0 until 3 timings)."""
@@ -185,21 +189,22 @@ class QuietTimer:
         usual_tracker = statistics.median(t for _, t in self.history)
         return max(abs(original_us / usual_original - 1), abs(tracker_us / usual_tracker - 1))
 
-    def __call__(self, policy: Policy) -> tuple[float, float, float]:
+    def __call__(self, *args: Any) -> Any:
         kept, kept_deviation, attempts = None, float("inf"), 0
         for pause in (None, *self.pauses):
             if pause is not None:
                 self.sleep(pause)
-            timing = self.measure_beside(policy)
+            timing = self.measure_beside(*args)
             attempts += 1
-            deviation = self.deviation(timing[1], timing[2])
+            deviation = self.deviation(*self.beside(timing))
             if deviation < kept_deviation:
                 kept, kept_deviation = timing, deviation
             if deviation <= DISTURBED:
                 break
         self.retimed += attempts > 1
         self.disturbed += kept_deviation > DISTURBED
-        self.history.append((kept[1], kept[2]))
+        self.last_attempts, self.last_deviation = attempts, kept_deviation
+        self.history.append(self.beside(kept))
         return kept
 
 
