@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--task", default="demo", help="task whose space the table covers (demo or minilm, or a path/module spec as for search)")
     b.add_argument("--table", default=None, help=table_help)
     b.add_argument("--allow-other-profile", action="store_true", help="add to a table measured on another target, on purpose")
+    b.add_argument("--remeasure", action="store_true",
+                   help="measure every entry of the space again in one go, replacing those the table has (entries gathered "
+                        "over earlier runs agree with each other less)")
     _target_and_space_options(b)
     sh = lsub.add_parser("show", help="the table's target, entries, calibrations and non-monotone channel counts")
     sh.add_argument("--table", default=None, help=table_help)
@@ -405,7 +408,8 @@ def _lut(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         with Progress(console=console, transient=True) as progress:
             bar = progress.add_task("measuring layers", total=None)
-            n = table.build(bench.inventory, bench.space, on_entry=lambda i, total: progress.update(bar, completed=i, total=total))
+            n = table.build(bench.inventory, bench.space, on_entry=lambda i, total: progress.update(bar, completed=i, total=total),
+                            remeasure=args.remeasure)
             table.save()
             progress.update(bar, description="calibrating on whole models", completed=0, total=None)
             cal = table.calibrate(bench.inventory, bench.space, bench.measure_policies, budget_s=args.calibration_seconds)

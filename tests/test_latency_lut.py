@@ -577,6 +577,20 @@ def test_build_measures_every_reachable_entry_once(tmp_path, backend, resnet_inv
     assert table.measured_now == before
 
 
+def test_remeasure_measures_every_reachable_entry_again_in_one_go(tmp_path, backend, resnet_inventory, space, monkeypatch):
+    table = LatencyTable(tmp_path / "t.json", backend, channel_multiple=MULTIPLE)
+    table.freeze_reference()
+    measured: list[str] = []
+    monkeypatch.setattr(table, "_measure_entry", lambda choice: measured.append(choice.key) or {"median_us": 2.0 * len(measured), "ref_us": None})
+    reachable = {c.key for c in table.reachable_choices(resnet_inventory, space)}
+    table.entries["conv|unrelated"] = {"median_us": 1.0}  # another model's entry stays
+    assert table.build(resnet_inventory, space) == len(reachable) and table.build(resnet_inventory, space) == 0
+    first = {k: table.entries[k]["median_us"] for k in reachable}
+    assert table.build(resnet_inventory, space, remeasure=True) == len(reachable)
+    assert len(measured) == 2 * len(reachable) and set(measured[len(reachable):]) == reachable
+    assert all(table.entries[k]["median_us"] != first[k] for k in reachable) and "conv|unrelated" in table.entries
+
+
 def test_whole_model_measurements_refit_the_calibration(tmp_path, backend, resnet_inventory, space):
     table = LatencyTable(tmp_path / "t.json", backend, channel_multiple=MULTIPLE)
     table.freeze_reference()  # one machine speed for the whole test

@@ -53,6 +53,9 @@ def test_lut_build_show_validate(tmp_path):
     (recalibrated,) = json.loads(table.read_text())["calibrations"].values()
     assert len(recalibrated["points"]) == first_batch < len(data["calibrations"][next(iter(data["calibrations"]))]["points"])
     data = json.loads(table.read_text())
+    fresh = cli("lut", "build", "--task", MLP, "--table", str(table), "--calibration-seconds", "0", "--remeasure", tmp=tmp_path)
+    assert fresh.returncode == 0 and f"{len(data['entries'])} entries measured now ({len(data['entries'])} in all)" in fresh.stdout
+    data = json.loads(table.read_text())
 
     shown = cli("lut", "show", "--table", str(table), tmp=tmp_path)
     assert shown.returncode == 0
