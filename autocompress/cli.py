@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the sensitivity scores (0: off; default 8)")
     _target_and_space_options(s)
     s.add_argument("--no-shared-table", action="store_true", help="do not reuse or update the latency table shared across runs")
+    s.add_argument("--remeasure-table", action="store_true",
+                   help="measure every entry of the space again in one go before the search (about 3 minutes for demo): "
+                        "entries gathered over earlier runs agree with each other less")
     s.add_argument("--allow-other-profile", action="store_true", help="reuse a latency table measured on another target")
     s.add_argument("--final-finetune", type=int, default=0, metavar="STEPS",
                    help="distill each front member STEPS more steps and export it again to engines/final/")
@@ -273,7 +276,7 @@ def _search(args: argparse.Namespace) -> int:
         space=space, lr_given=args.lr is not None, threads=args.threads, share_table=not args.no_shared_table, allow_other_profile=args.allow_other_profile,
         final_finetune=args.final_finetune,
         backend=args.backend, batch_size=args.batch_size, max_metric_drop=args.max_metric_drop,
-        ray=ray, calibration_seconds=args.calibration_seconds,
+        ray=ray, calibration_seconds=args.calibration_seconds, remeasure_table=args.remeasure_table,
     )
     run_search(config, console=_console())
     return 0

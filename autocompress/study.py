@@ -81,6 +81,7 @@ class SearchConfig:
     ray: RayConfig | None = None  # run the trials as Ray Tune trials on a Ray cluster
     max_metric_drop: float | None = None  # the most metric the user accepts to lose (metric units); None: no floor
     sensitivity_seed: bool = True  # score each group's pruning before fine-tuning for a budget-fitted first proposal
+    remeasure_table: bool = False  # measure every entry of the space again in one go before the calibration (a new run only)
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -496,6 +497,12 @@ def run_search(
     # 3. Latency table: measured on the target, calibrated on whole models.
     t0 = time.perf_counter()
     enter_phase("table")
+    if config.remeasure_table and not table.is_calibrated(inventory):  # a resumed run keeps the entries it was predicting with
+        with Progress(TextColumn("measuring the latency table again"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as bar:
+            job = bar.add_task("remeasure", total=None)
+            table.build(inventory, space, on_entry=lambda i, total: bar.update(job, completed=i, total=total), remeasure=True)
+        table.save()
     with console.status("Measuring the latency table on the target ..."):
         if not table.is_calibrated(inventory):
             table.calibrate(inventory, space, bench.measure_policies, seed=config.seed, budget_s=config.calibration_seconds)

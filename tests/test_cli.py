@@ -80,3 +80,19 @@ def test_a_run_whose_candidates_all_fail_stops_early_with_the_reason(tmp_path):
     failed = [t for t in study.get_trials() if t.user_attrs.get("status") == "failed"]
     assert len(failed) == 5
     assert all("ZeroDivisionError" in t.user_attrs["reason"] for t in failed)
+
+
+def test_remeasure_table_measures_the_shared_entries_again(tmp_path):
+    """A second search reuses the entries the first measured; with --remeasure-table it
+    measures every entry of the space again before its calibration."""
+    import re
+
+    line = re.compile(r"Latency table: (\d+) entries \((\d+) measured now")
+    common = ("search", "--task", MLP, "--latency-budget", "1us", "--calibration-seconds", "0")
+    first = run_cli(*common, "--run-dir", str(tmp_path / "a"), cache=tmp_path / "cache", cwd=tmp_path)
+    reused = run_cli(*common, "--run-dir", str(tmp_path / "b"), cache=tmp_path / "cache", cwd=tmp_path)
+    again = run_cli(*common, "--run-dir", str(tmp_path / "c"), "--remeasure-table", cache=tmp_path / "cache", cwd=tmp_path)
+    (entries_a, measured_a), (entries_b, measured_b), (entries_c, measured_c) = (
+        map(int, line.search(p.stdout).groups()) for p in (first, reused, again))
+    assert measured_a == entries_a > 0 and measured_b < entries_a  # the budget error comes after the table, which is kept
+    assert measured_c == entries_c >= entries_a
