@@ -751,7 +751,7 @@ class LatencyTable:
         one, again, in one go); return how many. Entries measured together agree with each
         other better than entries gathered over earlier runs: on the AVX2 EPYC, a table built
         in one go predicted a search's 20 engines with a third of the spread of that search's
-        own table (2.2% against 6.5%, `benchmarks/search_candidates_retimed.py`)."""
+        own table (2.2% against 6.9%, `benchmarks/search_candidates_retimed.py`)."""
         reachable = self.reachable_choices(inventory, space)
         if remeasure:
             for choice in reachable:
