@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -36,7 +35,6 @@ from autocompress._io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = f"{ROOT / 'tests' / 'fixtures' / 'mlp_task.py'}:build"
-TABLE_LINE = re.compile(r"Latency table: (\d+) entries \((\d+) measured now")
 
 
 def _command(run_dir: Path, trials: int) -> list[str]:
@@ -78,14 +76,12 @@ def one_kill(folder: Path, moment_s: float, trials: int, resume_flag: bool) -> d
     phase = phases[-1] if phases else "start-up"
     before = {t.number for t in _completed(run_dir)}
     table = run_dir / "latency_table.json"
-    entries_before = len(json.loads(table.read_text())["entries"]) if table.is_file() else None
+    entries_before = json.loads(table.read_text())["entries"] if table.is_file() else None
     how = "--resume" if resume_flag and (run_dir / "run.json").is_file() else "same command"
     command = [sys.executable, "-m", "autocompress", "search", "--resume", str(run_dir)] if how == "--resume" else _command(run_dir, trials)
     rerun = subprocess.run(command, env=_env(folder), cwd=folder, capture_output=True, text=True, timeout=900)
     after = _completed(run_dir)
     digests = [t.user_attrs["digest"] for t in after]
-    match = TABLE_LINE.search(rerun.stdout)
-    measured_now = int(match.group(2)) if match else None
     killed_trial = int(phase.split()[-1]) if phase.startswith(("finetune", "export")) else None
     return {
         "kill_s": round(moment_s, 2),
@@ -98,7 +94,9 @@ def one_kill(folder: Path, moment_s: float, trials: int, resume_flag: bool) -> d
         "kept": before <= {t.number for t in after},
         "duplicates": len(digests) - len(set(digests)),
         "table_saved_before": entries_before is not None,
-        "table_remeasured": (measured_now != 0) if entries_before is not None else None,
+        # an entry saved before the kill and measured again by the rerun (new ones may be measured)
+        "table_remeasured": (any(json.loads(table.read_text())["entries"].get(k) != v for k, v in entries_before.items())
+                             if entries_before is not None else None),
         "interrupted_marked": (killed_trial in _interrupted(run_dir)) if killed_trial is not None else None,
     }
 
