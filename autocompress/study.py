@@ -582,8 +582,11 @@ def run_search(
         A widening into a policy already fine-tuned is not taken: the proposal runs as
         proposed, so widening never turns a new proposal into a repeat (under a loose budget
         on a small model most proposals widen into a few policies, and a search of repeats
-        ran out of proposals with fewer trials fine-tuned than asked)."""
+        ran out of proposals with fewer trials fine-tuned than asked).
+        Local or on Ray, this is the last step before a fine-tune: the entries the proposal's
+        predictions measured are saved here, so a kill in the fine-tune loses none of them."""
         wide = widening(policy) if widening is not None and policy.digest not in seen else None
+        table.save_if_changed()
         if wide is None or wide.policy.digest in seen:
             return policy, predicted_ms
         attrs.update({"policy": wide.policy.to_dict(), "digest": wide.policy.digest, "predicted_ms": wide.predicted_us / 1000,
@@ -656,17 +659,11 @@ def run_search(
         if config.ray is not None:  # the same trials as Ray Tune trials; this process records them all
             from autocompress.search._ray import WorkerSpec, resolve_task_spec, run_ray_trials
 
-            def predict_ms_saved(policy: Policy) -> float:
-                """The prediction, with any entries it measured saved before a worker fine-tunes."""
-                ms = predict_us(policy) / 1000
-                table.save_if_changed()
-                return ms
-
             spec = WorkerSpec(resolve_task_spec(config.task), task.fingerprint, config.space, config.threads,
                               config.calibration_batches, distill_config, config.seed, batch_size=config.batch_size,
                               int8_weight_max=compress.int8_weight_max())
             sweep = run_ray_trials(
-                config.ray, searcher, predict_ms_saved, budget_ms, spec, run_dir,
+                config.ray, searcher, lambda p: predict_us(p) / 1000, budget_ms, spec, run_dir,
                 target=config.trials, completed=n_done, max_proposals=max_proposals,
                 max_failures_before_success=MAX_FAILURES_BEFORE_SUCCESS, seen=seen, on_completed=show_completed,
                 on_measured=learn_from,
@@ -708,7 +705,6 @@ def run_search(
                                                 metric_shortfall=shortfall(prev["metric"])))
                 continue
             tried.add(policy.digest)
-            table.save_if_changed()  # entries this proposal's prediction measured outlive a kill in its fine-tuning
             overhead_s = time.perf_counter() - t_trial  # ask and predict; fine-tuning and export are not overhead
             try:
                 attrs.update(train_and_export(bench, policy, trial_id, distill_config, engines_dir, check_batches, config.seed))
