@@ -8,6 +8,8 @@ timed next to an entry follows the machine's speed.
     .venv/bin/python benchmarks/entry_noise.py compare /tmp/n1/demo.json /tmp/n2/demo.json
     # the reference graph and three entries' graphs timed in turn, 0.1 s each, for 60 s
     .venv/bin/python benchmarks/entry_noise.py track --seconds 60
+    # the reference timed 8 times a second apart in each of 15 fresh processes
+    .venv/bin/python benchmarks/entry_noise.py lone --processes 15 --timings 8
 
 `compare` prints the median and 90th percentile of the entries' differences, their lag-1
 autocorrelation in the order they were measured (drift that the reference did not follow
@@ -15,6 +17,9 @@ shows as neighbouring entries off together) and the median difference per block 
 `track` prints, per entry graph, the spread of its timings divided by the reference timed
 three ways: not at all, as `reference_us` times it (every 10 s, median of the last minute),
 and as each new entry is timed since (the mean of timings just before and just after).
+`lone` prints how far single timings of the reference sit from their process's median, and
+how far the gauge a table's first prediction would use sits: the first timing alone, and
+the median of the first three (what `reference_us` takes since it waits for three).
 """
 
 from __future__ import annotations
@@ -87,6 +92,37 @@ def track(seconds: float) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def _timings(n: int, pause_s: float) -> None:
+    """The reference timed ``n`` times, ``pause_s`` apart, in this process (JSON on stdout)."""
+    from autocompress.latency_lut import make_backend
+    from autocompress.latency_lut._table import LatencyTable
+
+    table = LatencyTable(Path("/nonexistent/table.json"), make_backend())  # only its reference is timed, nothing saved
+    out = []
+    for i in range(n):
+        if i:
+            time.sleep(pause_s)
+        out.append(table._time_reference())
+    print(json.dumps(out))
+
+
+def lone(processes: int, timings: int, pause_s: float) -> None:
+    import subprocess
+
+    runs = []
+    for _ in range(processes):
+        done = subprocess.run([sys.executable, __file__, "_timings", str(timings), str(pause_s)], capture_output=True, text=True, check=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    off = np.concatenate([np.array(r) / np.median(r) - 1 for r in runs])
+    first = np.array([r[0] / np.median(r) - 1 for r in runs])
+    first3 = np.array([np.median(r[:3]) / np.median(r) - 1 for r in runs])
+    print(f"{processes} processes, {off.size} timings {pause_s:g} s apart; against their process's median:")
+    print(f"  single timings: median |off| {np.median(np.abs(off)):.1%}; beyond ±5% {np.sum(np.abs(off) > 0.05)}, "
+          f"beyond ±10% {np.sum(np.abs(off) > 0.10)}: {', '.join(f'{x:+.1%}' for x in off[np.abs(off) > 0.05])}")
+    print(f"  the first timing alone: worst {first[np.argmax(np.abs(first))]:+.1%}, beyond ±5% in {np.sum(np.abs(first) > 0.05)}")
+    print(f"  the median of the first three: worst {first3[np.argmax(np.abs(first3))]:+.1%}, beyond ±5% in {np.sum(np.abs(first3) > 0.05)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,11 +130,19 @@ def main() -> None:
     c.add_argument("tables", nargs=2, type=Path)
     t = sub.add_parser("track", help="time the reference and three entries in turn")
     t.add_argument("--seconds", type=float, default=60.0)
+    g = sub.add_parser("lone", help="single timings of the reference in fresh processes")
+    g.add_argument("--processes", type=int, default=15)
+    g.add_argument("--timings", type=int, default=8)
+    g.add_argument("--pause", type=float, default=1.0, help="seconds between timings")
+    if len(sys.argv) == 4 and sys.argv[1] == "_timings":
+        return _timings(int(sys.argv[2]), float(sys.argv[3]))
     args = parser.parse_args()
     if args.command == "compare":
         compare(*args.tables)
-    else:
+    elif args.command == "track":
         track(args.seconds)
+    else:
+        lone(args.processes, args.timings, args.pause)
 
 
 if __name__ == "__main__":

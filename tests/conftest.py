@@ -46,6 +46,17 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
         yield root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def unpaused_reference_gauge():
+    """Tables in the test process time the reference's first timings back to back: the
+    pause between them serves real measurements, not the tests' assertions."""
+    from autocompress.latency_lut import LatencyTable
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(LatencyTable, "settle_pause_s", 0.0)
+        yield
+
+
 def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm non-trivial affine parameters and running statistics, as a trained
     model has (a fresh BatchNorm is the identity in eval mode, which hides folding mistakes)."""

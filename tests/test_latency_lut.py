@@ -656,24 +656,30 @@ def test_calibrated_predictions_follow_the_machine_speed_as_a_whole(saved_table,
 
 
 def test_reference_speed_is_the_median_of_the_last_minute(tmp_path, backend, monkeypatch):
-    """One jittery timing of the reference must not rescale every prediction; a lasting
-    change of the machine's speed must."""
+    """One jittery timing of the reference must not rescale every prediction, not even the
+    first one's; a lasting change of the machine's speed must."""
     from autocompress.latency_lut import _table as table_module
 
-    clock = [1000.0]
+    clock, pauses = [1000.0], []
     monkeypatch.setattr(table_module.time, "monotonic", lambda: clock[0])
-    timings = iter([100.0, 100.0, 150.0, 100.0, 150.0, 150.0, 150.0])
+    monkeypatch.setattr(table_module.time, "sleep", pauses.append)
+    timings = iter([150.0, 100.0, 100.0, 100.0, 150.0, 100.0, 150.0, 150.0, 150.0, 150.0])
     table = LatencyTable(tmp_path / "t.json", backend)
+    table.settle_pause_s = 0.5
     monkeypatch.setattr(table, "_time_reference", lambda min_time_s=None: next(timings))
-    seen = []
-    for _ in range(7):
-        seen.append(table.reference_us())
+    seen = [table.reference_us()]
+    assert seen == [100.0] and pauses == [0.5, 0.5]  # the first timing was the jittery one: two more, a pause apart
+    for _ in range(6):
         clock[0] += table_module.REFERENCE_MAX_AGE_S + 1  # every call times the reference again
-    assert seen[:5] == [100.0, 100.0, 100.0, 100.0, 100.0]  # a single 150 is jitter
+        seen.append(table.reference_us())
+    assert seen[:6] == [100.0] * 6  # a single 150 now and then is jitter
     assert seen[-1] == 150.0  # the machine really is slower now
+    assert len(pauses) == 2  # a gauge with timings enough in the last minute does not wait
     clock[0] += table_module.REFERENCE_WINDOW_S + 60
-    timings = iter([80.0])
-    assert table.reference_us() == 80.0  # older timings no longer count
+    timings = iter([80.0, 84.0, 79.0])
+    assert table.reference_us() == 80.0  # older timings no longer count, and the median is of three again
+    timings = iter([90.0, 70.0, 71.0])
+    assert table.reference_us(refresh=True) == 71.0  # a refresh starts the gauge afresh, on three timings too
 
 
 def test_tucker2_has_its_own_entries_and_repairs_work(tmp_path, backend, resnet_inventory):
