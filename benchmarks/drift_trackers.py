@@ -1,6 +1,7 @@
 """Which model, timed beside a candidate, best carries the candidate's timing to the machine
-speed of another moment: the original model, the latency table's reference conv, or the
-search space's most compressed model.
+speed of another moment: the original model, the latency table's reference conv, the
+search space's most compressed model, or a float conv whose data outgrows the core's cache
+(two of them: what a second reference for the table would be).
 
     .venv/bin/python benchmarks/drift_trackers.py --task minilm --seconds 180
     .venv/bin/python benchmarks/drift_trackers.py --task demo --seconds 150
@@ -76,7 +77,8 @@ def main() -> None:
     import tempfile
 
     from autocompress.latency_lut import Measurable
-    from autocompress.latency_lut._table import _micro_model, _reference_choice
+    from autocompress.inventory import Layer
+    from autocompress.latency_lut._table import LayerChoiceShape, _micro_model, _reference_choice
     from autocompress.spaces import SpaceConfig
     from autocompress.study import open_workbench
     from autocompress.task import load_task
@@ -88,10 +90,19 @@ def main() -> None:
         rng = random.Random("drift-trackers")
         drawn = bench.space.sample(rng)
         int8 = replace(bench.space.sample(rng), bits={name: 8 for name in bench.inventory.layers})
+
+        def float_conv(channels: int, kernel: int, size: int) -> Measurable:
+            pad = kernel // 2
+            layer = Layer("gauge", "conv", channels, channels, (kernel, kernel), (1, 1), (pad, pad), 1, (1, channels, size, size),
+                          (1, channels, size, size), "relu", 0, 0, None, None, False)
+            return Measurable.from_module(*_micro_model(LayerChoiceShape(layer, channels, channels, 32, 1.0), bench.channel_multiple))
+
         models = {
             "original": bench.original,
             "reference conv": Measurable.from_module(*_micro_model(_reference_choice(), bench.channel_multiple)),
             "most compressed": bench.tracker,
+            "3x3 conv, 32 ch at 56x56": float_conv(32, 3, 56),  # 0.4 MB in and out, against the reference's 0.1 MB
+            "1x1 conv, 128 ch at 56x56": float_conv(128, 1, 56),  # 1.6 MB in and out
             "int8 candidate": Measurable.from_module(bench.candidate(int8), example, dynamic_batch=True),
             "drawn candidate": Measurable.from_module(bench.candidate(drawn), example, dynamic_batch=True),
         }
@@ -105,7 +116,7 @@ def main() -> None:
             rows.append([backend.time_prepared(run, min_time_s=0.1).median_us for run in runners])
     logs = np.log(np.array(rows))
     names = list(models)
-    trackers = names[:3]
+    trackers = names[:5]
     print(f"{args.task}: {len(rows)} rounds in {args.seconds:.0f} s")
     print("| model | median us | alone | " + " | ".join(f"/ {t}" for t in trackers) + " |")
     print("| --- | ---: | ---: | " + " | ".join("---:" for _ in trackers) + " |")
