@@ -441,7 +441,7 @@ def _lut(args: argparse.Namespace) -> int:
 def _print_validation(result, task: str, samples: int, console) -> None:
     """`lut validate`'s report as text: each view with its worst cases, the machine line,
     and what to doubt in it."""
-    from autocompress.latency_lut import DISTURBED, uneven_warning
+    from autocompress.latency_lut import DISTURBED, GAUGE_GAP, uneven_warning
 
     for key, title, report in result.views():
         unit = "x" if key == "relative_to_original" else "us"
@@ -458,6 +458,12 @@ def _print_validation(result, task: str, samples: int, console) -> None:
 
     console.print("Timed beside the candidates (median): "
                   f"{beside('the original', 'original')}; {beside('the most compressed model', 'most_compressed')}")
+    if (gap := result.gauge_gap()) is not None:
+        console.print(f"The table predicted the original at {result.machine['original_predicted_us']:.0f} us at the machine speed "
+                      f"its reference graph read ({gap:+.1%} against its timing)"
+                      + (f": [yellow]whole models ran {abs(gap):.0%} {'slower' if gap > 0 else 'faster'} than the small graph "
+                         "that gauges the machine says, and the latency view judges that state as much as the table; the views "
+                         "relative to the original and at the calibration's speed do not.[/]" if abs(gap) > GAUGE_GAP else "."))
     if retimed := result.machine.get("retimed"):
         console.print(f"{retimed} candidate timing(s) were taken again after a pause: the original or the most compressed model "
                       f"beside them ran more than {DISTURBED:.0%} off its usual time (a passing disturbance of the machine)"

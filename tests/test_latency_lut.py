@@ -490,6 +490,8 @@ def test_validation_at_the_calibration_speed_sees_through_the_machine_slowing_do
     assert result.machine["original_us"] / result.machine["original_calibration_us"] == pytest.approx(1.3)
     assert result.machine["most_compressed_us"] / result.machine["most_compressed_calibration_us"] == pytest.approx(1.3)
     assert result.uneven() == pytest.approx(0.0, abs=1e-9) and result.to_dict()["machine"]["uneven"] == pytest.approx(0.0, abs=1e-9)
+    # The reference graph read 1.1 times slower, the original ran 1.3 times: the gap the latency view cannot see past.
+    assert result.gauge_gap() == pytest.approx(1.3 / 1.1 - 1, abs=0.03) and result.to_dict()["machine"]["gauge_gap"] == result.gauge_gap()
     # 1.3 then 1.4 times slower is within what the models beside the candidates may move: nothing timed again.
     assert result.to_dict()["machine"]["retimed"] == result.machine["disturbed"] == 0
 

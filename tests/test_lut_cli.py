@@ -79,9 +79,11 @@ def test_lut_build_show_validate(tmp_path):
     # The table's calibration timed the most compressed model: the view a search reports is there too.
     assert [s["policy"] for s in report["at_calibration_speed"]["samples"]] == [s["policy"] for s in report["samples"]]
     assert set(report["repeatability"]) == {"latency", "relative_to_original", "at_calibration_speed"}
-    assert all(report["machine"][k] > 0 for k in ("original_us", "original_calibration_us", "most_compressed_us", "most_compressed_calibration_us"))
+    assert all(report["machine"][k] > 0 for k in ("original_us", "original_predicted_us", "original_calibration_us", "most_compressed_us",
+                                                  "most_compressed_calibration_us"))
     printed = cli("lut", "validate", "--task", MLP, "--table", str(table), "--samples", "2", tmp=tmp_path)
     assert printed.returncode == 0 and "Timed beside the candidates (median): the original" in printed.stdout
+    assert "The table predicted the original at" in printed.stdout
     assert "at the calibration's machine speed" in printed.stdout
 
 
@@ -102,6 +104,24 @@ def test_lut_validate_text_warns_of_a_machine_running_unevenly():
         assert "Timed beside the candidates (median): the original 2000 us" in text
         assert ("took 60% longer than in the table's calibration" in text) is warned
         assert ("`autocompress lut build` with the same --table refits the calibration" in text) is warned
+
+
+def test_lut_validate_text_says_when_whole_models_ran_off_the_gauge():
+    """The original predicted at the reference graph's speed is printed against its timing,
+    with a warning where whole models ran more than 5% off it; without a prediction, nothing."""
+    from rich.console import Console
+
+    from autocompress.cli import _print_validation
+    from autocompress.latency_lut import Validation, fidelity
+
+    report = fidelity([100.0, 200.0], [110.0, 190.0], ["a", "b"])
+    machine = {"original_us": 2200.0, "original_calibration_us": 2000.0, "most_compressed_us": 375.0, "most_compressed_calibration_us": 375.0}
+    for predicted, warned in ((2000.0, True), (2150.0, False), (None, False)):
+        console = Console(record=True, width=2000)
+        _print_validation(Validation(report, report, machine={**machine, "original_predicted_us": predicted}), "demo", 2, console)
+        text = console.export_text()
+        assert ("The table predicted the original at" in text) is (predicted is not None)
+        assert ("whole models ran 10% slower than the small graph that gauges the machine says" in text) is warned
 
 
 def test_lut_validate_text_counts_candidates_timed_again():

@@ -22,7 +22,7 @@ from autocompress.latency_lut._table import (
 from autocompress.latency_lut._tensorrt import TensorRTBackend
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
 from autocompress.latency_lut._validate import (
-    DISTURBED, UNEVEN, FidelityReport, QuietTimer, Validation, fidelity, is_uneven, timed_unevenly_note, uneven_drift,
+    DISTURBED, GAUGE_GAP, UNEVEN, FidelityReport, QuietTimer, Validation, fidelity, is_uneven, timed_unevenly_note, uneven_drift,
     uneven_warning, validate,
 )
 
@@ -31,6 +31,7 @@ __all__ = [
     "CALIBRATION_BUDGET_S",
     "DEFAULT_BACKEND",
     "DISTURBED",
+    "GAUGE_GAP",
     "OPSET",
     "UNEVEN",
     "Calibration",

@@ -16,7 +16,7 @@ from autocompress.latency_lut._table import LatencyTable
 from autocompress.spaces import Policy, SearchSpace
 
 __all__ = [
-    "DISTURBED", "UNEVEN", "FidelityReport", "QuietTimer", "Validation", "fidelity", "is_uneven", "timed_unevenly_note",
+    "DISTURBED", "GAUGE_GAP", "UNEVEN", "FidelityReport", "QuietTimer", "Validation", "fidelity", "is_uneven", "timed_unevenly_note",
     "uneven_drift", "uneven_warning", "validate",
 ]
 
@@ -139,6 +139,15 @@ class Validation:
         return uneven_drift(*(m.get(k) for k in ("original_us", "most_compressed_us", "original_calibration_us",
                                                   "most_compressed_calibration_us")))
 
+    def gauge_gap(self) -> float | None:
+        """How much slower the original ran beside the candidates than the table predicted
+        it at the machine speed the reference graph read (a fraction; None where missing):
+        beyond ``GAUGE_GAP``, the machine runs whole models at another speed than the small
+        graph that gauges it says, which the latency view cannot see past."""
+        m = self.machine
+        now, predicted = m.get("original_us"), m.get("original_predicted_us")
+        return now / predicted - 1 if now and predicted else None
+
     def views(self) -> list[tuple[str, str, FidelityReport]]:
         """(key, title, report) of every view this validation has."""
         reports = {"latency": self.latency, "relative_to_original": self.relative, "at_calibration_speed": self.at_calibration_speed}
@@ -148,10 +157,11 @@ class Validation:
         out = {**self.latency.to_dict(), **{key: r.to_dict() for key, _, r in self.views()[1:]}}
         if self.repeat:
             out["repeatability"] = {key: r.to_dict() for key, r in self.repeat.items()}
-        out["machine"] = {**self.machine, "uneven": self.uneven()}
+        out["machine"] = {**self.machine, "uneven": self.uneven(), "gauge_gap": self.gauge_gap()}
         return out
 
 
+GAUGE_GAP = 0.05  # beyond this, whole models ran at another speed than the reference graph read
 DISTURBED = 0.15  # beyond this off its recent usual time, a model timed beside a candidate says the machine was disturbed
 RETIME_PAUSES_S = (1.0, 3.0)  # before each further timing of a candidate timed in a disturbance
 
@@ -251,11 +261,12 @@ def validate(
     point = _calibration_point(table, inventory, tracker)
     policies = [space.sample(rng) for _ in range(samples)]
     labels = [policy.digest for policy in policies]
-    predicted, predicted_ratio, predicted_at_cal = [], [], []
+    predicted, predicted_ratio, predicted_at_cal, predicted_original = [], [], [], []
     timings: list[tuple[float, float, float]] = []
     for i, policy in enumerate(policies):
         predicted.append(table.predict_us(inventory, policy))
-        predicted_ratio.append(predicted[-1] / table.predict_us(inventory, baseline))
+        predicted_original.append(table.predict_us(inventory, baseline))
+        predicted_ratio.append(predicted[-1] / predicted_original[-1])
         if point is not None:
             predicted_at_cal.append(_predict_at_calibration_speed(table, inventory, policy, tracker, point))
         timings.append(measure_beside(policy))
@@ -274,6 +285,7 @@ def validate(
         fidelity(predicted, measured["latency"], labels), fidelity(predicted_ratio, measured["relative_to_original"], labels),
         fidelity(predicted_at_cal, measured["at_calibration_speed"], labels) if point is not None else None,
         machine={"original_us": float(np.median([o for _, o, _ in timings])) if timings else None,
+                 "original_predicted_us": float(np.median(predicted_original)) if predicted_original else None,
                  "original_calibration_us": base_point["measured_us"] if base_point is not None else None,
                  "most_compressed_us": float(np.median([t for _, _, t in timings])) if timings else None,
                  "most_compressed_calibration_us": point["measured_us"] if point is not None else None},
