@@ -1,7 +1,7 @@
 """Which model, timed beside a candidate, best carries the candidate's timing to the machine
 speed of another moment: the original model, the latency table's reference conv, the
-search space's most compressed model, or a float conv whose data outgrows the core's cache
-(two of them: what a second reference for the table would be).
+search space's most compressed model, a float conv whose data outgrows the core's cache
+(two of them), or a chain of 16 small convs (what a second reference for the table would be).
 
     .venv/bin/python benchmarks/drift_trackers.py --task minilm --seconds 180
     .venv/bin/python benchmarks/drift_trackers.py --task demo --seconds 150
@@ -13,7 +13,8 @@ drawn) are built and exported as a search builds them, then timed in turn, 0.1 s
 ``--seconds``. A candidate's timings divided by a tracker's timings in the same round should
 not move when the machine's speed does: the spread (standard deviation of the log) of that
 ratio says how well the tracker follows what moves the candidate. "Alone" is the spread of
-the timings themselves.
+the timings themselves. A second table gives the same spreads of running medians over
+``--smooth`` seconds: what moves for as long as a gauge of several timings reads.
 
 With ``--runs``, nothing is timed: for each exported candidate of finished searches (whose
 engines were timed beside both models), the table's prediction against the engine's
@@ -67,6 +68,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="demo")
     parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--smooth", type=float, default=15.0, help="seconds of the running medians of the second table")
     parser.add_argument("--table", default=None, help="a table of the task (default: a new one in a temporary folder)")
     parser.add_argument("--runs", nargs="*", default=None, help="finished search runs to compare instead of timing")
     args = parser.parse_args()
@@ -75,6 +77,8 @@ def main() -> None:
         return
 
     import tempfile
+
+    import torch
 
     from autocompress.latency_lut import Measurable
     from autocompress.inventory import Layer
@@ -97,12 +101,19 @@ def main() -> None:
                           (1, channels, size, size), "relu", 0, 0, None, None, False)
             return Measurable.from_module(*_micro_model(LayerChoiceShape(layer, channels, channels, 32, 1.0), bench.channel_multiple))
 
+        def small_conv_chain(n: int) -> Measurable:
+            from torch import nn
+
+            layers = [m for _ in range(n) for m in (nn.Conv2d(16, 16, 3, padding=1), nn.ReLU())]
+            return Measurable.from_module(nn.Sequential(*layers).eval(), (torch.randn(1, 16, 16, 16),))
+
         models = {
             "original": bench.original,
             "reference conv": Measurable.from_module(*_micro_model(_reference_choice(), bench.channel_multiple)),
             "most compressed": bench.tracker,
             "3x3 conv, 32 ch at 56x56": float_conv(32, 3, 56),  # 0.4 MB in and out, against the reference's 0.1 MB
             "1x1 conv, 128 ch at 56x56": float_conv(128, 1, 56),  # 1.6 MB in and out
+            "16 small convs in a chain": small_conv_chain(16),  # a whole model's many short kernels, in the cache
             "int8 candidate": Measurable.from_module(bench.candidate(int8), example, dynamic_batch=True),
             "drawn candidate": Measurable.from_module(bench.candidate(drawn), example, dynamic_batch=True),
         }
@@ -114,15 +125,20 @@ def main() -> None:
         start = time.monotonic()
         while time.monotonic() - start < args.seconds:
             rows.append([backend.time_prepared(run, min_time_s=0.1).median_us for run in runners])
-    logs = np.log(np.array(rows))
     names = list(models)
-    trackers = names[:5]
-    print(f"{args.task}: {len(rows)} rounds in {args.seconds:.0f} s")
-    print("| model | median us | alone | " + " | ".join(f"/ {t}" for t in trackers) + " |")
-    print("| --- | ---: | ---: | " + " | ".join("---:" for _ in trackers) + " |")
-    for j, name in enumerate(names):
-        cells = [f"{np.std(logs[:, j] - logs[:, k]):.1%}" if k != j else "" for k in range(len(trackers))]
-        print(f"| {name} | {np.exp(np.median(logs[:, j])):.0f} | {np.std(logs[:, j]):.1%} | " + " | ".join(cells) + " |")
+    trackers = names[:6]
+    raw = np.log(np.array(rows))
+    window = max(1, int(round(args.smooth / (args.seconds / len(rows)))))
+    # Each model's timings as a running median over ``--smooth`` seconds: what moves for that
+    # long, as the speed a gauge of several timings reads does, without the rounds' jitter.
+    smooth = np.array([np.median(raw[max(0, i - window + 1):i + 1], axis=0) for i in range(len(raw))])[window - 1:]
+    for title, logs in (("each round", raw), (f"running medians over {args.smooth:g} s ({window} rounds)", smooth)):
+        print(f"{args.task}: {len(rows)} rounds in {args.seconds:.0f} s; spreads of {title}")
+        print("| model | median us | alone | " + " | ".join(f"/ {t}" for t in trackers) + " |")
+        print("| --- | ---: | ---: | " + " | ".join("---:" for _ in trackers) + " |")
+        for j, name in enumerate(names):
+            cells = [f"{np.std(logs[:, j] - logs[:, k]):.1%}" if k != j else "" for k in range(len(trackers))]
+            print(f"| {name} | {np.exp(np.median(logs[:, j])):.0f} | {np.std(logs[:, j]):.1%} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
