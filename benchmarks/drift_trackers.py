@@ -81,8 +81,7 @@ def main() -> None:
     import torch
 
     from autocompress.latency_lut import Measurable
-    from autocompress.inventory import Layer
-    from autocompress.latency_lut._table import LayerChoiceShape, _micro_model, _reference_choice
+    from autocompress.latency_lut._table import _micro_model, _reference_choice, conv_choice
     from autocompress.spaces import SpaceConfig
     from autocompress.study import open_workbench
     from autocompress.task import load_task
@@ -96,10 +95,7 @@ def main() -> None:
         int8 = replace(bench.space.sample(rng), bits={name: 8 for name in bench.inventory.layers})
 
         def float_conv(channels: int, kernel: int, size: int) -> Measurable:
-            pad = kernel // 2
-            layer = Layer("gauge", "conv", channels, channels, (kernel, kernel), (1, 1), (pad, pad), 1, (1, channels, size, size),
-                          (1, channels, size, size), "relu", 0, 0, None, None, False)
-            return Measurable.from_module(*_micro_model(LayerChoiceShape(layer, channels, channels, 32, 1.0), bench.channel_multiple))
+            return Measurable.from_module(*_micro_model(conv_choice(channels, channels, kernel, 1, size), bench.channel_multiple))
 
         def small_conv_chain(n: int) -> Measurable:
             from torch import nn
@@ -128,7 +124,7 @@ def main() -> None:
     names = list(models)
     trackers = names[:6]
     raw = np.log(np.array(rows))
-    window = max(1, int(round(args.smooth / (args.seconds / len(rows)))))
+    window = min(len(rows), max(1, int(round(args.smooth / (args.seconds / len(rows))))))
     # Each model's timings as a running median over ``--smooth`` seconds: what moves for that
     # long, as the speed a gauge of several timings reads does, without the rounds' jitter.
     smooth = np.array([np.median(raw[max(0, i - window + 1):i + 1], axis=0) for i in range(len(raw))])[window - 1:]

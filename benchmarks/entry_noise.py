@@ -53,15 +53,8 @@ def compare(a_path: Path, b_path: Path) -> None:
 
 
 def track(seconds: float) -> None:
-    from autocompress.inventory import Layer
     from autocompress.latency_lut import Measurable, make_backend
-    from autocompress.latency_lut._table import LayerChoiceShape, _micro_model, _reference_choice
-
-    def conv(c_in: int, c_out: int, k: int, stride: int, size: int, bits: int) -> LayerChoiceShape:
-        out = size // stride
-        layer = Layer("entry", "conv", c_in, c_out, (k, k), (stride, stride), (k // 2, k // 2), 1, (1, c_in, size, size),
-                      (1, c_out, out, out), "relu", 0, 0, None, None, False)
-        return LayerChoiceShape(layer, c_in, c_out, bits, 1.0)
+    from autocompress.latency_lut._table import _micro_model, _reference_choice, conv_choice as conv
 
     entries = {"int8 3x3 16->32 at 28x28": conv(16, 32, 3, 1, 28, 8), "float 3x3/2 16->96 at 14x14": conv(16, 96, 3, 2, 14, 32),
                "int8 1x1/2 48->128 at 14x14": conv(48, 128, 1, 2, 14, 8)}

@@ -310,10 +310,17 @@ BRACKET_SHARE = 0.3  # the reference's short timings around each new entry, as a
 BRACKET_REUSE_S = 0.5  # a timing after one entry this recent is the timing before the next
 
 
+def conv_choice(c_in: int, c_out: int, kernel: int, stride: int, size: int, bits: int = 32, name: str = "conv") -> LayerChoiceShape:
+    """A square conv with ReLU on a ``size`` x ``size`` input, "same" padding, as an entry's shape."""
+    out = size // stride
+    layer = Layer(name, "conv", c_in, c_out, (kernel, kernel), (stride, stride), (kernel // 2, kernel // 2), 1, (1, c_in, size, size),
+                  (1, c_out, out, out), "relu", 0, 0, None, None, False)
+    return LayerChoiceShape(layer, c_in, c_out, bits, 1.0)
+
+
 def _reference_choice() -> LayerChoiceShape:
     """A fixed float 3x3 conv, timed beside the entries: the machine's speed at that moment."""
-    layer = Layer("reference", "conv", 32, 32, (3, 3), (1, 1), (1, 1), 1, (1, 32, 28, 28), (1, 32, 28, 28), "relu", 0, 0, None, None, False)
-    return LayerChoiceShape(layer, 32, 32, 32, 1.0)
+    return conv_choice(32, 32, 3, 1, 28, name="reference")
 
 
 class _AddModel(nn.Module):
