@@ -462,8 +462,10 @@ def _print_validation(result, task: str, samples: int, console) -> None:
         console.print(f"The table predicted the original at {result.machine['original_predicted_us']:.0f} us at the machine speed "
                       f"its reference graph read ({gap:+.1%} against its timing)"
                       + (f": [yellow]whole models ran {abs(gap):.0%} {'slower' if gap > 0 else 'faster'} than the small graph "
-                         "that gauges the machine says, and the latency view judges that state as much as the table; the views "
-                         "relative to the original and at the calibration's speed do not.[/]" if abs(gap) > GAUGE_GAP else "."))
+                         "that gauges the machine says, and the latency view by that graph judges that state as much as the table"
+                         + ("; the other views do not" if result.by_reference is not None else
+                            "; the views relative to the original and at the calibration's speed do not") + ".[/]"
+                         if abs(gap) > GAUGE_GAP else "."))
     if retimed := result.machine.get("retimed"):
         console.print(f"{retimed} candidate timing(s) were taken again after a pause: the original or the most compressed model "
                       f"beside them ran more than {DISTURBED:.0%} off its usual time (a passing disturbance of the machine)"

@@ -449,11 +449,12 @@ def test_table_calibration_scales_parts_and_restores_them(saved_table, tmp_path,
 
 def test_validation_at_the_calibration_speed_sees_through_the_machine_slowing_down(saved_table, tmp_path, backend, resnet_inventory, space):
     """Whole models run 30% slower than when the table was calibrated (40% in the second
-    pass), the reference conv 10% slower: the latency view blames the table for the
-    machine, the view at the calibration's speed, brought there by the most compressed
-    model timed beside each candidate, does not; and without that model's calibration
-    point there is no such view."""
-    from autocompress.latency_lut import validate
+    pass), the reference conv 10% slower: the latency view by the reference graph blames
+    the table for the machine; the latency view by the two whole models timed beside the
+    earlier candidates does not, nor the view at the calibration's speed, brought there by
+    the most compressed model timed beside each candidate; and without that model's
+    calibration point there is neither."""
+    from autocompress.latency_lut import Validation, validate
 
     path, _entries, _raw, _ref = saved_table
     copy = tmp_path / "val.json"
@@ -477,13 +478,17 @@ def test_validation_at_the_calibration_speed_sees_through_the_machine_slowing_do
 
     def measure_beside(p: Policy) -> tuple[float, float, float]:
         passes.append(p)
-        slower = 1.3 if len(passes) <= 6 else 1.4
+        slower = 1.3 if len(passes) <= 3 + 6 else 1.4  # the gauge's first three timings of the original, then 6 candidates
         return slower * true_us(p), slower * true_us(space.baseline()), slower * true_us(space.extreme())
 
     result = validate(table, resnet_inventory, space, measure_beside, samples=6, seed=1, repeat=True)
-    assert result.latency.median_abs_error > 0.1
+    assert passes[:3] == [space.baseline()] * 3
+    assert result.by_reference is not None and result.by_reference.median_abs_error > 0.1
     assert result.at_calibration_speed is not None and result.at_calibration_speed.median_abs_error < 0.03
-    assert [key for key, _, _ in result.views()] == ["latency", "relative_to_original", "at_calibration_speed"]
+    assert result.latency.median_abs_error < 0.03
+    assert [s["measured_us"] for s in result.latency.samples] == [s["measured_us"] for s in result.by_reference.samples]
+    assert [key for key, _, _ in result.views()] == ["latency", "latency_by_reference", "relative_to_original", "at_calibration_speed"]
+    assert result.views()[0][1] == Validation.WHOLE_MODELS_TITLE and result.to_dict()["latency_gauge"] == "whole_models"
     assert result.repeat["latency"].median_abs_error > 0.05 and result.repeat["at_calibration_speed"].median_abs_error < 1e-9
     assert set(result.to_dict()["repeatability"]) == {"latency", "relative_to_original", "at_calibration_speed"}
     # Both whole models timed beside the candidates ran 30% slower than in the calibration.
@@ -499,6 +504,35 @@ def test_validation_at_the_calibration_speed_sees_through_the_machine_slowing_do
         pt for pt in table.calibrations[resnet_inventory.fingerprint].points if pt["policy"] != space.extreme().digest]
     result = validate(table, resnet_inventory, space, measure_beside, samples=2, seed=1)
     assert result.at_calibration_speed is None and [key for key, _, _ in result.views()] == ["latency", "relative_to_original"]
+    assert result.by_reference is None and result.latency.median_abs_error > 0.1 and result.to_dict()["latency_gauge"] == "reference_graph"
+    assert result.views()[0][1] == dict(Validation.VIEWS)["latency_by_reference"]
+
+
+def test_whole_model_gauge_weighs_the_two_models_by_where_a_prediction_lies():
+    """The original ran 2000 us in the calibration, the most compressed model 400 us; now they
+    run 10% and 30% slower. A model predicted as slow as the original gets the original's
+    speed, one as fast as the compressed model (or faster) that one's, one halfway the mean.
+    The speed is the median of the last minute's timings, never of fewer than three."""
+    from autocompress.latency_lut import WholeModelGauge
+
+    now = [0.0]
+    gauge = WholeModelGauge(2000.0, 400.0, window_s=60.0, min_timings=3, clock=lambda: now[0])
+    assert gauge.speeds() is None and gauge.speed(1000.0) == 1.0
+    for original, compressed in ((2200.0, 520.0), (2100.0, 400.0), (2300.0, 640.0)):
+        gauge.add(original, compressed)
+    assert gauge.speeds() == pytest.approx((1.1, 1.3))
+    assert gauge.speed(2000.0) == pytest.approx(1.1) and gauge.speed(3000.0) == pytest.approx(1.1)
+    assert gauge.speed(400.0) == pytest.approx(1.3) and gauge.speed(100.0) == pytest.approx(1.3)
+    assert gauge.speed(1200.0) == pytest.approx(1.2)
+    # A minute later, three new timings at the usual speed: the old ones have left the window.
+    now[0] = 61.0
+    for _ in range(3):
+        gauge.add(2000.0, 400.0)
+    assert gauge.speeds() == pytest.approx((1.0, 1.0))
+    # Two minutes later, one timing alone: the median keeps the two before it.
+    now[0] = 180.0
+    gauge.add(4000.0, 800.0)
+    assert gauge.speeds() == pytest.approx((1.0, 1.0))
 
 
 def test_a_candidate_timed_in_a_passing_disturbance_is_timed_again():

@@ -79,12 +79,17 @@ def test_lut_build_show_validate(tmp_path):
     # The table's calibration timed the most compressed model: the view a search reports is there too.
     assert [s["policy"] for s in report["at_calibration_speed"]["samples"]] == [s["policy"] for s in report["samples"]]
     assert set(report["repeatability"]) == {"latency", "relative_to_original", "at_calibration_speed"}
+    # ... and it timed the original too: the latency view predicts at the speed the two whole models read.
+    assert report["latency_gauge"] == "whole_models"
+    assert [s["measured_us"] for s in report["latency_by_reference"]["samples"]] == [s["measured_us"] for s in report["samples"]]
     assert all(report["machine"][k] > 0 for k in ("original_us", "original_predicted_us", "original_calibration_us", "most_compressed_us",
                                                   "most_compressed_calibration_us"))
     printed = cli("lut", "validate", "--task", MLP, "--table", str(table), "--samples", "2", tmp=tmp_path)
     assert printed.returncode == 0 and "Timed beside the candidates (median): the original" in printed.stdout
     assert "The table predicted the original at" in printed.stdout
     assert "at the calibration's machine speed" in printed.stdout
+    flowing = " ".join(printed.stdout.split())  # the lines as the terminal's width wrapped them, joined
+    assert "the two whole models read beside the earlier candidates:" in flowing and "the reference graph read:" in flowing
 
 
 def test_lut_validate_text_warns_of_a_machine_running_unevenly():
@@ -122,6 +127,13 @@ def test_lut_validate_text_says_when_whole_models_ran_off_the_gauge():
         text = console.export_text()
         assert ("The table predicted the original at" in text) is (predicted is not None)
         assert ("whole models ran 10% slower than the small graph that gauges the machine says" in text) is warned
+        assert ("the views relative to the original and at the calibration's speed do not" in text) is warned
+    # Where the latency view followed the whole models, only the view by the reference graph judges that state.
+    console = Console(record=True, width=2000)
+    _print_validation(Validation(report, report, machine={**machine, "original_predicted_us": 2000.0}, by_reference=report), "demo", 2, console)
+    text = console.export_text()
+    assert "the latency view by that graph judges that state as much as the table; the other views do not" in text
+    assert "latency at the machine speed the two whole models read beside the earlier candidates: median" in text
 
 
 def test_lut_validate_text_counts_candidates_timed_again():

@@ -22,8 +22,8 @@ from autocompress.latency_lut._table import (
 from autocompress.latency_lut._tensorrt import TensorRTBackend
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
 from autocompress.latency_lut._validate import (
-    DISTURBED, GAUGE_GAP, UNEVEN, FidelityReport, QuietTimer, Validation, fidelity, is_uneven, timed_unevenly_note, uneven_drift,
-    uneven_warning, validate,
+    DISTURBED, GAUGE_GAP, UNEVEN, FidelityReport, QuietTimer, Validation, WholeModelGauge, fidelity, is_uneven, timed_unevenly_note,
+    uneven_drift, uneven_warning, validate,
 )
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "TorchCpuBackend",
     "TorchCudaBackend",
     "Validation",
+    "WholeModelGauge",
     "backend_missing",
     "check_backend_name",
     "check_table_path",

@@ -1,0 +1,82 @@
+"""Which machine gauge predicts a `lut validate` run's latencies best, replayed offline.
+
+    .venv/bin/python benchmarks/gauge_replay.py benchmarks/results/lut-validate-*avx2*.json
+
+Every `lut validate --json` report keeps, per candidate and in the order they were timed,
+the prediction at the speed the reference graph read (the latency view of reports written
+before `WholeModelGauge`; `latency_by_reference` since), the prediction at the
+calibration's speed, and enough to recover the original and the most compressed model
+timed beside it. This replays the whole-model gauge on them: each candidate predicted at
+the calibration's speed times the speed those two models read beside the previous
+``--window`` candidates (the last minute's: about 30 demo candidates, 4 minilm ones;
+never fewer than three), weighed by where the prediction lies between theirs, as
+`WholeModelGauge` does. Before the third candidate the replay uses the timings there are
+(a run times the original three times before its first). Nothing is measured again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CANDIDATES_PER_MINUTE = {"demo": 30, "minilm": 4}  # at 2 s and 14 s a candidate on the AVX2 EPYC
+
+
+def _figures(predicted: np.ndarray, measured: np.ndarray) -> str:
+    err = np.abs(predicted / measured - 1)
+    return f"{np.median(err):5.1%} {np.mean(err <= 0.1):6.1%}"
+
+
+def replay(report: dict, window: int | None) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """(predicted, measured) per gauge; None where the report lacks a view the replay needs."""
+    from autocompress.latency_lut import WholeModelGauge
+
+    machine = report.get("machine") or {}
+    original_then, compressed_then = machine.get("original_calibration_us"), machine.get("most_compressed_calibration_us")
+    if not (original_then and compressed_then and "at_calibration_speed" in report):
+        return None
+    by_reference = report.get("latency_by_reference", report)["samples"]
+    relative, at_cal = report["relative_to_original"]["samples"], report["at_calibration_speed"]["samples"]
+    measured = np.array([s["measured_us"] for s in by_reference])
+    original = measured / np.array([s["measured_us"] for s in relative])
+    compressed = measured * compressed_then / np.array([s["measured_us"] for s in at_cal])
+    predicted_at_cal = np.array([s["predicted_us"] for s in at_cal])
+    k = window or CANDIDATES_PER_MINUTE.get(report.get("task"), 7)
+    gauge = WholeModelGauge(original_then, compressed_then, window_s=float("inf"))
+    whole = []
+    for i, p in enumerate(predicted_at_cal):
+        gauge.timings = [(0.0, o, c) for o, c in zip(original[max(0, i - k):i], compressed[max(0, i - k):i])]
+        if i and len(gauge.timings) < gauge.min_timings:
+            gauge.timings = [(0.0, o, c) for o, c in zip(original[:i], compressed[:i])]
+        whole.append(p * gauge.speed(p))
+    return {"reference graph": (np.array([s["predicted_us"] for s in by_reference]), measured),
+            "whole models": (np.array(whole), measured),
+            "calibration speed": (predicted_at_cal, np.array([s["measured_us"] for s in at_cal]))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("reports", nargs="+", type=Path)
+    parser.add_argument("--window", type=int, default=None, help="candidates the gauge's median spans (default: a minute's)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    print(f"{'report':48s} {'n':>4s}   by the reference graph   by the whole models   at the calibration's speed")
+    print(f"{'':48s} {'':>4s}   median |err| ±10%        median |err| ±10%     median |err| ±10%")
+    for path in args.reports:
+        report = json.loads(path.read_text())
+        views = replay(report, args.window)
+        if views is None:
+            print(f"{path.name:48s} (no calibration timings of both whole models: skipped)")
+            continue
+        cells = "    ".join(f"{_figures(*views[name]):>17s}" for name in ("reference graph", "whole models", "calibration speed"))
+        print(f"{path.name:48s} {len(views['whole models'][0]):4d}   {cells}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
