@@ -135,7 +135,7 @@ class Validation:
     machine: dict[str, float | None] = field(default_factory=dict)
     by_reference: FidelityReport | None = None
 
-    VIEWS = (("latency", "latency"), ("latency_by_reference", "latency at the machine speed the reference graph read"),
+    VIEWS = (("latency", "latency (titled by its gauge)"), ("latency_by_reference", "latency at the machine speed the reference graph read"),
              ("relative_to_original", "speed relative to the original, timed in the same round"),
              ("at_calibration_speed", "at the calibration's machine speed, by the most compressed model timed beside it"))
     WHOLE_MODELS_TITLE = "latency at the machine speed the two whole models read beside the earlier candidates"
@@ -160,10 +160,7 @@ class Validation:
         reports = {"latency": self.latency, "latency_by_reference": self.by_reference, "relative_to_original": self.relative,
                    "at_calibration_speed": self.at_calibration_speed}
         titles = dict(self.VIEWS)
-        if self.by_reference is not None:
-            titles["latency"] = self.WHOLE_MODELS_TITLE
-        else:
-            titles["latency"] = titles["latency_by_reference"]
+        titles["latency"] = self.WHOLE_MODELS_TITLE if self.by_reference is not None else titles["latency_by_reference"]
         return [(key, titles[key], reports[key]) for key, _ in self.VIEWS if reports[key] is not None]
 
     def to_dict(self) -> dict:
@@ -313,8 +310,9 @@ def validate(
     in the same rounds. See `Validation` for the views; the relative ones are what machine
     drift between minutes cannot touch. Where the calibration timed both whole models, the
     latency view predicts at the speed they read beside the earlier candidates
-    (`WholeModelGauge`), the original timed ``REFERENCE_MIN_TIMINGS`` times before the first. With ``repeat``, every candidate is timed a second
-    time after all the first timings (minutes later on a big sample). A candidate timed in a
+    (`WholeModelGauge`; the original is timed ``REFERENCE_MIN_TIMINGS`` times before the
+    first). With ``repeat``, every candidate is timed a second time after all the first
+    timings (minutes later on a big sample). A candidate timed in a
     passing disturbance of the machine is timed again (`QuietTimer`); ``machine`` counts them.
     """
     rng = random.Random(seed)
