@@ -46,13 +46,11 @@ def replay(report: dict, window: int | None) -> dict[str, tuple[np.ndarray, np.n
     original = measured / np.array([s["measured_us"] for s in relative])
     compressed = measured * compressed_then / np.array([s["measured_us"] for s in at_cal])
     predicted_at_cal = np.array([s["predicted_us"] for s in at_cal])
-    k = window or CANDIDATES_PER_MINUTE.get(report.get("task"), 7)
     gauge = WholeModelGauge(original_then, compressed_then, window_s=float("inf"))
+    k = max(gauge.min_timings, window or CANDIDATES_PER_MINUTE.get(report.get("task"), 7))
     whole = []
     for i, p in enumerate(predicted_at_cal):
         gauge.timings = [(0.0, o, c) for o, c in zip(original[max(0, i - k):i], compressed[max(0, i - k):i])]
-        if i and len(gauge.timings) < gauge.min_timings:
-            gauge.timings = [(0.0, o, c) for o, c in zip(original[:i], compressed[:i])]
         whole.append(p * gauge.speed(p))
     return {"reference graph": (np.array([s["predicted_us"] for s in by_reference]), measured),
             "whole models": (np.array(whole), measured),
