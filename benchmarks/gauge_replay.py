@@ -8,10 +8,12 @@ before `WholeModelGauge`; `latency_by_reference` since), the prediction at the
 calibration's speed, and enough to recover the original and the most compressed model
 timed beside it. This replays the whole-model gauge on them: each candidate predicted at
 the calibration's speed times the speed those two models read beside the previous
-``--window`` candidates (the last minute's: about 30 demo candidates, 4 minilm ones;
-never fewer than three), weighed by where the prediction lies between theirs, as
-`WholeModelGauge` does. Before the third candidate the replay uses the timings there are
-(a run times the original three times before its first). Nothing is measured again.
+``--window`` candidates (by default `GAUGE_TIMINGS`, as `WholeModelGauge` reads them),
+weighed by where the prediction lies between theirs. Before the third candidate the replay
+uses the timings there are (a run times the original three times before its first).
+``--window 30`` is about the minute the gauge read before it counted timings (30 demo
+candidates; 4 minilm ones, which three timings at least stretch to 3). Nothing is
+measured again.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CANDIDATES_PER_MINUTE = {"demo": 30, "minilm": 4}  # at 2 s and 14 s a candidate on the AVX2 EPYC
 
 
 def _figures(predicted: np.ndarray, measured: np.ndarray) -> str:
@@ -32,9 +33,10 @@ def _figures(predicted: np.ndarray, measured: np.ndarray) -> str:
     return f"{np.median(err):5.1%} {np.mean(err <= 0.1):6.1%}"
 
 
-def replay(report: dict, window: int | None) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+def replay(report: dict, window: int) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """(predicted, measured) per gauge; None where the report lacks a view the replay needs."""
     from autocompress.latency_lut import WholeModelGauge
+    from autocompress.latency_lut._table import REFERENCE_MIN_TIMINGS
 
     machine = report.get("machine") or {}
     original_then, compressed_then = machine.get("original_calibration_us"), machine.get("most_compressed_calibration_us")
@@ -46,11 +48,12 @@ def replay(report: dict, window: int | None) -> dict[str, tuple[np.ndarray, np.n
     original = measured / np.array([s["measured_us"] for s in relative])
     compressed = measured * compressed_then / np.array([s["measured_us"] for s in at_cal])
     predicted_at_cal = np.array([s["predicted_us"] for s in at_cal])
-    gauge = WholeModelGauge(original_then, compressed_then, window_s=float("inf"))
-    k = max(gauge.min_timings, window or CANDIDATES_PER_MINUTE.get(report.get("task"), 7))
+    k = max(REFERENCE_MIN_TIMINGS, window)
     whole = []
     for i, p in enumerate(predicted_at_cal):
-        gauge.timings = [(0.0, o, c) for o, c in zip(original[max(0, i - k):i], compressed[max(0, i - k):i])]
+        gauge = WholeModelGauge(original_then, compressed_then, timings=k)
+        for o, c in zip(original[max(0, i - k):i], compressed[max(0, i - k):i]):
+            gauge.add(o, c)
         whole.append(p * gauge.speed(p))
     return {"reference graph": (np.array([s["predicted_us"] for s in by_reference]), measured),
             "whole models": (np.array(whole), measured),
@@ -60,14 +63,17 @@ def replay(report: dict, window: int | None) -> dict[str, tuple[np.ndarray, np.n
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", type=Path)
-    parser.add_argument("--window", type=int, default=None, help="candidates the gauge's median spans (default: a minute's)")
+    parser.add_argument("--window", type=int, default=None, help="candidates the gauge's median spans (default: GAUGE_TIMINGS)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    from autocompress.latency_lut import GAUGE_TIMINGS
+
+    window = args.window or GAUGE_TIMINGS
     print(f"{'report':48s} {'n':>4s}   by the reference graph   by the whole models   at the calibration's speed")
     print(f"{'':48s} {'':>4s}   median |err| ±10%        median |err| ±10%     median |err| ±10%")
     for path in args.reports:
         report = json.loads(path.read_text())
-        views = replay(report, args.window)
+        views = replay(report, window)
         if views is None:
             print(f"{path.name:48s} (no calibration timings of both whole models: skipped)")
             continue

@@ -512,11 +512,11 @@ def test_whole_model_gauge_weighs_the_two_models_by_where_a_prediction_lies():
     """The original ran 2000 us in the calibration, the most compressed model 400 us; now they
     run 10% and 30% slower. A model predicted as slow as the original gets the original's
     speed, one as fast as the compressed model (or faster) that one's, one halfway the mean.
-    The speed is the median of the last minute's timings, never of fewer than three."""
-    from autocompress.latency_lut import WholeModelGauge
+    The speed is the median of the last five timings: two stray ones pass, three move it."""
+    from autocompress.latency_lut import GAUGE_TIMINGS, WholeModelGauge
 
-    now = [0.0]
-    gauge = WholeModelGauge(2000.0, 400.0, window_s=60.0, min_timings=3, clock=lambda: now[0])
+    assert GAUGE_TIMINGS == 5
+    gauge = WholeModelGauge(2000.0, 400.0)
     assert gauge.speeds() is None and gauge.speed(1000.0) == 1.0
     for original, compressed in ((2200.0, 520.0), (2100.0, 400.0), (2300.0, 640.0)):
         gauge.add(original, compressed)
@@ -524,15 +524,16 @@ def test_whole_model_gauge_weighs_the_two_models_by_where_a_prediction_lies():
     assert gauge.speed(2000.0) == pytest.approx(1.1) and gauge.speed(3000.0) == pytest.approx(1.1)
     assert gauge.speed(400.0) == pytest.approx(1.3) and gauge.speed(100.0) == pytest.approx(1.3)
     assert gauge.speed(1200.0) == pytest.approx(1.2)
-    # A minute later, three new timings at the usual speed: the old ones have left the window.
-    now[0] = 61.0
-    for _ in range(3):
+    # Five timings at the usual speed: the old ones have left the median.
+    for _ in range(5):
         gauge.add(2000.0, 400.0)
     assert gauge.speeds() == pytest.approx((1.0, 1.0))
-    # Two minutes later, one timing alone: the median keeps the two before it.
-    now[0] = 180.0
+    # Two stray timings do not move it; a third does.
+    gauge.add(4000.0, 800.0)
     gauge.add(4000.0, 800.0)
     assert gauge.speeds() == pytest.approx((1.0, 1.0))
+    gauge.add(3000.0, 600.0)
+    assert gauge.speeds() == pytest.approx((1.5, 1.5))
 
 
 def test_a_candidate_timed_in_a_passing_disturbance_is_timed_again():

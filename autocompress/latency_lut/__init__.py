@@ -22,7 +22,7 @@ from autocompress.latency_lut._table import (
 from autocompress.latency_lut._tensorrt import TensorRTBackend
 from autocompress.latency_lut._torch import TorchCpuBackend, TorchCudaBackend
 from autocompress.latency_lut._validate import (
-    DISTURBED, GAUGE_GAP, UNEVEN, FidelityReport, QuietTimer, Validation, WholeModelGauge, fidelity, is_uneven, timed_unevenly_note,
+    DISTURBED, GAUGE_GAP, GAUGE_TIMINGS, UNEVEN, FidelityReport, QuietTimer, Validation, WholeModelGauge, fidelity, is_uneven, timed_unevenly_note,
     uneven_drift, uneven_warning, validate,
 )
 
@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_BACKEND",
     "DISTURBED",
     "GAUGE_GAP",
+    "GAUGE_TIMINGS",
     "OPSET",
     "UNEVEN",
     "Calibration",
