@@ -50,6 +50,12 @@ def test_report_draws_the_front_and_shows_a_policy_on_click(mlp_run, browser):
     assert len(browser.find_elements(By.CSS_SELECTOR, "#front-chart .original-point")) == 1
     assert len(browser.find_elements(By.CSS_SELECTOR, "#front-chart .budget-line")) == 1
     assert browser.find_elements(By.CSS_SELECTOR, "#progress-hv path.series")
+    # Members are drawn over the original (later in the chart), so one at the original's spot can be clicked.
+    order = browser.execute_script(
+        "var c = Array.from(document.getElementById('front-chart').children);"
+        "return [c.findIndex(function (e) { return e.classList.contains('original-point'); }),"
+        " c.findIndex(function (e) { return e.classList.contains('front-point'); })];")
+    assert 0 <= order[0] < order[1]
 
     target = max(points, key=lambda p: float(p.get_attribute("cy")))  # the lowest point on screen
     trial = int(target.get_attribute("data-trial"))

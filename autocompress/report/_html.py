@@ -296,6 +296,10 @@ _JS = r"""
       hover(p, "trial " + c.trial + "\n" + D.metric_name + " " + fmt(c.metric, 4) + "\nmeasured " + fmt(c.measured_ms, 3) +
         " ms (predicted " + fmt(c.predicted_ms, 3) + ")\n" + kib(c.size_bytes) + (c.verified ? "" : "\nengine verification FAILED"));
     });
+    // The original under the members: a member as fast and as good as the original stays clickable.
+    var o = el("rect", {x: f.X(base.latency_ms) - 6, y: f.Y(base.metric) - 6, width: 12, height: 12, fill: "#2e7d32",
+                        "class": "original-point"}, svg);
+    hover(o, "original model\n" + D.metric_name + " " + fmt(base.metric, 4) + "\nlatency " + fmt(base.latency_ms, 3) + " ms");
     var members = D.members.slice().sort(function (a, b) { return a.measured_ms - b.measured_ms; });
     if (members.length > 1) {
       el("polyline", {points: members.map(function (m) { return f.X(m.measured_ms) + "," + f.Y(m.metric); }).join(" "),
@@ -313,9 +317,6 @@ _JS = r"""
         " ms, predicted " + fmt(m.predicted_ms, 3) + " ms\nspeedup " + fmt(m.speedup, 2) + "x, " + kib(m.size_bytes) + "\n" + m.summary);
       p.addEventListener("click", function () { select(m.trial); });
     });
-    var o = el("rect", {x: f.X(base.latency_ms) - 6, y: f.Y(base.metric) - 6, width: 12, height: 12, fill: "#2e7d32",
-                        "class": "original-point"}, svg);
-    hover(o, "original model\n" + D.metric_name + " " + fmt(base.metric, 4) + "\nlatency " + fmt(base.latency_ms, 3) + " ms");
   }
 
   var BITS_COLOR = {32: "#eeeeee", 16: "#90caf9", 8: "#1e88e5", 4: "#4a148c"};
