@@ -1,15 +1,16 @@
 """Which model, timed beside a candidate, best carries the candidate's timing to the machine
 speed of another moment: the original model, the latency table's reference conv, the
 search space's most compressed model, a float conv whose data outgrows the core's cache
-(two of them), or a chain of 16 small convs (what a second reference for the table would be).
+(two of them), a chain of 16 small convs (what a second reference for the table would be),
+or the space's most compressed policy left in float.
 
     .venv/bin/python benchmarks/drift_trackers.py --task minilm --seconds 180
     .venv/bin/python benchmarks/drift_trackers.py --task demo --seconds 150
     # finished searches: each exported candidate's table error at the start's speed, both ways
     .venv/bin/python benchmarks/drift_trackers.py --runs runs/minilm-0.5x runs/minilm-0.33x
 
-The three trackers and two random candidates of the task (one with every layer int8, one as
-drawn) are built and exported as a search builds them, then timed in turn, 0.1 s each, for
+The seven trackers and three random candidates of the task (one with every layer int8, one as
+drawn, one with every layer float) are built and exported as a search builds them, then timed in turn, 0.1 s each, for
 ``--seconds``. A candidate's timings divided by a tracker's timings in the same round should
 not move when the machine's speed does: the spread (standard deviation of the log) of that
 ratio says how well the tracker follows what moves the candidate. "Alone" is the spread of
@@ -119,6 +120,8 @@ def main() -> None:
         rng = random.Random("drift-trackers")
         drawn = bench.space.sample(rng)
         int8 = replace(bench.space.sample(rng), bits={name: 8 for name in bench.inventory.layers})
+        all_float = replace(bench.space.sample(rng), bits={})
+        smallest_float = replace(bench.space.extreme(), bits={})  # pruned and factorized as far as the space goes
 
         def float_conv(channels: int, kernel: int, size: int) -> Measurable:
             return Measurable.from_module(*_micro_model(conv_choice(channels, channels, kernel, 1, size), bench.channel_multiple))
@@ -136,8 +139,10 @@ def main() -> None:
             "3x3 conv, 32 ch at 56x56": float_conv(32, 3, 56),  # 0.4 MB in and out, against the reference's 0.1 MB
             "1x1 conv, 128 ch at 56x56": float_conv(128, 1, 56),  # 1.6 MB in and out
             "16 small convs in a chain": small_conv_chain(16),  # a whole model's many short kernels, in the cache
+            "most compressed, float": Measurable.from_module(bench.candidate(smallest_float), example, dynamic_batch=True),
             "int8 candidate": Measurable.from_module(bench.candidate(int8), example, dynamic_batch=True),
             "drawn candidate": Measurable.from_module(bench.candidate(drawn), example, dynamic_batch=True),
+            "float candidate": Measurable.from_module(bench.candidate(all_float), example, dynamic_batch=True),
         }
         backend = bench.backend
         runners = [backend.prepare(m) for m in models.values()]
@@ -148,7 +153,7 @@ def main() -> None:
         while time.monotonic() - start < args.seconds:
             rows.append([backend.time_prepared(run, min_time_s=0.1).median_us for run in runners])
     names = list(models)
-    trackers = names[:6]
+    trackers = names[:7]
     raw = np.log(np.array(rows))
     window = min(len(rows), max(1, int(round(args.smooth / (args.seconds / len(rows))))))
     # Each model's timings as a running median over ``--smooth`` seconds: what moves for that

@@ -12,8 +12,10 @@ the calibration's speed times the speed those two models read beside the previou
 weighed by where the prediction lies between theirs. Before the third candidate the replay
 uses the timings there are (a run times the original three times before its first).
 ``--window 30`` is about the minute the gauge read before it counted timings (30 demo
-candidates; 4 minilm ones, which three timings at least stretch to 3). Nothing is
-measured again.
+candidates; 4 minilm ones, which three timings at least stretch to 3). ``--candidates K``
+adds a gauge with no whole model: each prediction at the calibration's speed times the
+median of measured over predicted of the previous K candidates (the candidates themselves
+as trackers; the first one by the whole models). Nothing is measured again.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _figures(predicted: np.ndarray, measured: np.ndarray) -> str:
+    from autocompress.latency_lut import fidelity
+
     err = np.abs(predicted / measured - 1)
-    return f"{np.median(err):5.1%} {np.mean(err <= 0.1):6.1%}"
+    return f"{np.median(err):5.1%} {np.mean(err <= 0.1):6.1%} {fidelity(list(predicted), list(measured)).spearman:5.3f}"
 
 
-def replay(report: dict, window: int) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+def replay(report: dict, window: int, candidates: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """(predicted, measured) per gauge; None where the report lacks a view the replay needs."""
     from autocompress.latency_lut import WholeModelGauge
     from autocompress.latency_lut._table import REFERENCE_MIN_TIMINGS
@@ -55,29 +59,38 @@ def replay(report: dict, window: int) -> dict[str, tuple[np.ndarray, np.ndarray]
         for o, c in zip(original[max(0, i - k):i], compressed[max(0, i - k):i]):
             gauge.add(o, c)
         whole.append(p * gauge.speed(p))
-    return {"reference graph": (np.array([s["predicted_us"] for s in by_reference]), measured),
-            "whole models": (np.array(whole), measured),
-            "calibration speed": (predicted_at_cal, np.array([s["measured_us"] for s in at_cal]))}
+    views = {"reference graph": (np.array([s["predicted_us"] for s in by_reference]), measured),
+             "whole models": (np.array(whole), measured),
+             "calibration speed": (predicted_at_cal, np.array([s["measured_us"] for s in at_cal]))}
+    if candidates:
+        recent = [whole[0]] + [p * np.median(measured[max(0, i - candidates):i] / predicted_at_cal[max(0, i - candidates):i])
+                               for i, p in enumerate(predicted_at_cal) if i > 0]
+        views["recent candidates"] = (np.array(recent), measured)
+    return views
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", type=Path)
     parser.add_argument("--window", type=int, default=None, help="candidates the gauge's median spans (default: GAUGE_TIMINGS)")
+    parser.add_argument("--candidates", type=int, default=None, help="also replay a gauge of the previous K candidates' own errors")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from autocompress.latency_lut import GAUGE_TIMINGS
 
     window = args.window or GAUGE_TIMINGS
-    print(f"{'report':48s} {'n':>4s}   by the reference graph   by the whole models   at the calibration's speed")
-    print(f"{'':48s} {'':>4s}   median |err| ±10%        median |err| ±10%     median |err| ±10%")
+    names = ["reference graph", "whole models", "calibration speed"] + (["recent candidates"] if args.candidates else [])
+    print(f"{'report':48s} {'n':>4s}   by the reference graph   by the whole models      at the calibration's speed"
+          + (f"   by {args.candidates} recent candidates" if args.candidates else ""))
+    print(f"{'':48s} {'':>4s}   median |err| ±10% rho    median |err| ±10% rho    median |err| ±10% rho"
+          + ("       median |err| ±10% rho" if args.candidates else ""))
     for path in args.reports:
         report = json.loads(path.read_text())
-        views = replay(report, window)
+        views = replay(report, window, args.candidates)
         if views is None:
             print(f"{path.name:48s} (no calibration timings of both whole models: skipped)")
             continue
-        cells = "    ".join(f"{_figures(*views[name]):>17s}" for name in ("reference graph", "whole models", "calibration speed"))
+        cells = "    ".join(f"{_figures(*views[name]):>23s}" for name in names)
         print(f"{path.name:48s} {len(views['whole models'][0]):4d}   {cells}")
     return 0
 
