@@ -291,7 +291,7 @@ def _console():
 
 def _report(args: argparse.Namespace) -> int:
     from autocompress.latency_lut import Measurable, backend_for_profile
-    from autocompress.study import finalize_run, load_recorded_task, read_run_record
+    from autocompress.study import finalize_run, load_recorded_task, read_run_record, recorded_tracker
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "run.json").is_file() or not (run_dir / "study.db").is_file():
@@ -306,7 +306,7 @@ def _report(args: argparse.Namespace) -> int:
     profile = manifest["profile"]
     backend = backend_for_profile(profile, int(task.example_inputs[0].shape[0]))
     original = Measurable.from_module(task.model, task.example_inputs, dynamic_batch=True)
-    finalize_run(run_dir, manifest["metric_name"], _console(), backend, original)
+    finalize_run(run_dir, manifest["metric_name"], _console(), backend, original, tracker=recorded_tracker(manifest, task))
     return _serve(run_dir, host, port) if args.serve else 0
 
 

@@ -8,6 +8,7 @@ and verify -> tell) -> Pareto front -> engines, pareto.json, report.html.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import platform
 import statistics
@@ -40,7 +41,7 @@ from autocompress.latency_lut import (
     QuietTimer, is_uneven, timed_unevenly_note, uneven_drift, uneven_warning,
 )
 from autocompress.latency_lut import fidelity as table_fidelity  # `fidelity` names the run's figures below
-from autocompress.report import pareto_front, write_report
+from autocompress.report import pareto_front, retime_note, write_report
 from autocompress.search import (
     BudgetRepair, FreeWidening, Outcome, WeightL1Importance, make_searcher, parse_objectives, sensitivity_seed, validate_searcher_name,
 )
@@ -234,12 +235,29 @@ def open_workbench(
     if shared is not None and Path(shared).resolve() == Path(table_path).resolve():
         shared = None
     table = LatencyTable.open(table_path, latency, shared, allow_other_profile, space_config.channel_multiple)
-    calib: list[tuple[torch.Tensor, ...]] = []
-    for inputs, _ in task.train_loader:
-        calib.append(as_input_tuple(inputs))
-        if len(calib) >= calibration_batches:
-            break
+    calib = _calibration_inputs(task, calibration_batches)
     return Workbench(task, inventory, space, latency, table, calib, space_config.channel_multiple)
+
+
+def _calibration_inputs(task: Task, batches: int) -> list[tuple[torch.Tensor, ...]]:
+    """The first ``batches`` training batches' inputs: what int8 scales are calibrated on."""
+    return [as_input_tuple(inputs) for inputs, _ in itertools.islice(task.train_loader, batches)]
+
+
+def recorded_tracker(manifest: Mapping[str, Any], task: Task) -> Measurable | None:
+    """A finished run's most compressed model (`Workbench.tracker`), built again as its
+    search built it, to time beside its engines; None where the run's space no longer
+    builds from its recorded config (an older version's run: its engines are then timed
+    beside the original only)."""
+    try:
+        config = SearchConfig.from_dict(manifest["config"])
+        inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)
+        space = build_space(inventory, config.space)
+    except (KeyError, TypeError, ValueError):
+        return None
+    model = compress.apply(task.model, inventory, space.extreme(), task.example_inputs,
+                           _calibration_inputs(task, config.calibration_batches), config.space.channel_multiple, config.space.importance)
+    return Measurable.from_module(model, task.example_inputs, dynamic_batch=True)
 
 
 def _versions() -> dict:
@@ -384,6 +402,16 @@ def uneven_rounds(engine: Mapping[str, Any], baseline_us: float, tracker_us: flo
     """`uneven_drift` of the original and the tracker timed beside an engine, against their
     timings at the run's start (None where either was not timed beside it)."""
     return uneven_drift(engine.get("original_latency_us"), engine.get("tracker_latency_us"), baseline_us, tracker_us)
+
+
+def budget_latency_us(engine: Mapping[str, Any], baseline_us: float, tracker_us: float | None) -> float:
+    """What the budget holds of an engine: its latency at the machine speed of the run's
+    start (`latency_at_start_us`), where the budget and the predictions were set; as timed
+    where its rounds ran integer and float kernels at other relative speeds than the start
+    (`uneven_rounds` beyond ``UNEVEN``), where no whole model carries its timing there."""
+    if is_uneven(uneven_rounds(engine, baseline_us, tracker_us)):
+        return float(engine["latency_us"])
+    return latency_at_start_us(engine, baseline_us, tracker_us)
 
 
 def train_and_export(
@@ -639,7 +667,7 @@ def run_search(
             """Progress and one line for a fine-tuned trial, local or on Ray."""
             nonlocal best
             metric, measured_ms, engine = attrs["metric"], attrs["engine"]["latency_us"] / 1000, attrs["engine"]
-            if measured_ms <= budget_ms * BUDGET_NOISE and (best is None or sign * metric > best):
+            if budget_latency_us(engine, baseline_ms * 1000, tracker_us) <= budget_ms * 1000 * BUDGET_NOISE and (best is None or sign * metric > best):
                 best = sign * metric
             progress.update(bar, advance=1, best=f"{sign * best:.4f}" if best is not None else "-")
             where = f", node {attrs['ray_node'][:8]}" if attrs.get("ray_node") else ""
@@ -736,7 +764,7 @@ def run_search(
 
     # 5. The front: re-measure candidates interleaved with the baseline, keep those within budget.
     enter_phase("front")
-    result = finalize_run(run_dir, task.metric_name, console, backend, original, wall_s=time.perf_counter() - t_start)
+    result = finalize_run(run_dir, task.metric_name, console, backend, original, wall_s=time.perf_counter() - t_start, tracker=bench.tracker)
     if config.final_finetune and result.front:
         for member in result.front:
             with console.status(f"Final fine-tuning of trial {member['trial']} ({config.final_finetune} steps) ..."):
@@ -744,7 +772,8 @@ def run_search(
             metric = f"{final.metric:.4f}" if final.metric is not None else "-"
             console.print(f"  trial {member['trial']}: final engine {final.engine} ({task.metric_name} {metric}, "
                           f"{final.latency_ms:.3f} ms){'' if final.ok else ' [red]verification failed[/]'}")
-        result = finalize_run(run_dir, task.metric_name, console, backend, original, wall_s=time.perf_counter() - t_start)
+        result = finalize_run(run_dir, task.metric_name, console, backend, original, wall_s=time.perf_counter() - t_start,
+                              tracker=bench.tracker)
     console.print(f"Done in {time.perf_counter() - t_start:.0f} s: {result.counts}")
     enter_phase("done")
     return result
@@ -881,16 +910,21 @@ def _write_member_sidecar(run_dir: Path, manifest: dict, member: dict) -> Path |
 
 def finalize_run(
     run_dir: Path, task_metric_name: str, console: Console, backend: LatencyBackend, original: Measurable,
-    wall_s: float | None = None,
+    wall_s: float | None = None, tracker: Measurable | None = None,
 ) -> RunResult:
     """Pick the front from the trial store, re-time it, and write pareto.json, each member's
     engine sidecar, and report.html. Members whose engine failed verification stay on the
     front only where no verified candidate dominates them, marked with the reasons; the
     fine-tuned weights of trials off the front are deleted when large.
 
-    Engines are re-timed from their files interleaved with ``original``; a backend that
-    runs PyTorch modules (``needs_module``) cannot load them, and its front keeps the
-    latency measured in the trial, compared with the baseline measured at the start."""
+    Engines are re-timed from their files interleaved with ``original`` (and ``tracker``,
+    the space's most compressed model, where given); a backend that runs PyTorch modules
+    (``needs_module``) cannot load them, and its front keeps the latency measured in the
+    trial, compared with the baseline measured at the start. The budget holds an engine's
+    latency at the machine speed of the run's start (`latency_at_start_us`, by the models
+    timed beside it), which is where the budget and every prediction were set: a machine
+    running 15% slow during the re-timing does not push members off the front, nor a fast
+    one let slow ones on."""
     manifest = read_run_record(run_dir)
     _, trials = _load_trials(run_dir)
     budget_ms = manifest["budget_ms"]
@@ -916,19 +950,30 @@ def finalize_run(
     below = lambda t: (metric_shortfall(t["metric"], floor, higher) or 0.0) > 0  # noqa: E731
     if floor is not None:
         counts["below_metric_floor"] = sum(1 for t in exported if below(t))
-    near = [t for t in exported if t["measured_ms"] <= budget_ms * 1.25 and not below(t) and _engine_file(run_dir, t).is_file()]
+    base_us, tracker_us = manifest["baseline"]["latency_ms"] * 1000, manifest["baseline"].get("tracker_latency_us")
+    near = [t for t in exported if budget_latency_us(t["engine"], base_us, tracker_us) <= budget_ms * 1250 and not below(t)
+            and _engine_file(run_dir, t).is_file()]
     candidates = pareto_front(near, metric_of, latency_of, higher)
-    if candidates and not backend.needs_module:  # re-time interleaved with the original model, so drift hits all alike
+    retime_speed = None  # the whole models' timings at the re-timing over theirs at the start
+    if candidates and not backend.needs_module:  # re-time interleaved with the whole models, so drift hits all alike
         feeds = original.feeds()
         engines = [Measurable.from_onnx(_engine_file(run_dir, t), feeds) for t in candidates]
-        timings = backend.measure_many([original, *engines], rounds=5)
-        for t, m in zip(candidates, timings[1:]):
+        beside = [original, tracker] if tracker is not None and tracker_us else [original]
+        timings = backend.measure_many([*beside, *engines], rounds=5)
+        original_us = timings[0].median_us
+        tracker_now_us = timings[1].median_us if len(beside) == 2 else None
+        retime_speed = {"original": original_us / base_us, **({"most_compressed": tracker_now_us / tracker_us} if tracker_now_us else {})}
+        for t, m in zip(candidates, timings[len(beside):]):
             t["first_measured_ms"] = t["measured_ms"]
             t["measured_ms"] = m.median_us / 1000
-            t["speedup_vs_original_same_round"] = timings[0].median_us / m.median_us
+            t["speedup_vs_original_same_round"] = original_us / m.median_us
+            retimed = {"latency_us": m.median_us, "original_latency_us": original_us, "tracker_latency_us": tracker_now_us}
+            t["at_start_ms"] = budget_latency_us(retimed, base_us, tracker_us) / 1000
     for t in candidates:
         t.setdefault("speedup_vs_original_same_round", manifest["baseline"]["latency_ms"] / t["measured_ms"])
-    within = [t for t in candidates if t["measured_ms"] <= budget_ms * BUDGET_NOISE]
+    for t in exported:  # the re-timing for the front's candidates, the trial's timing for the others
+        t.setdefault("at_start_ms", budget_latency_us(t["engine"], base_us, tracker_us) / 1000)
+    within = [t for t in candidates if t["at_start_ms"] <= budget_ms * BUDGET_NOISE]
     front_ids = {id(t) for t in pareto_front([t for t in within if t["verified"]], metric_of, latency_of, higher)}
     # A failed engine stays visible (marked) where no verified candidate beats it.
     front_ids |= {id(t) for t in pareto_front(within, metric_of, latency_of, higher) if not t["verified"]}
@@ -940,7 +985,6 @@ def finalize_run(
 
     measured = [t for t in done if t.get("measured_ms")]
     fidelity = figures(measured, lambda t: t["measured_ms"]) if measured else {}
-    base_us, tracker_us = manifest["baseline"]["latency_ms"] * 1000, manifest["baseline"].get("tracker_latency_us")
     engine_of = lambda t: t.get("engine") or {}  # noqa: E731
     timed_beside = [t for t in measured if engine_of(t).get("original_latency_us") or engine_of(t).get("tracker_latency_us")]
     if timed_beside:  # the table's own error, apart from the machine's drift since the calibration
@@ -957,7 +1001,7 @@ def finalize_run(
         engine_path = _engine_file(run_dir, t)
         member = {
             "trial": t["number"], "number": t["number"], "policy": t["policy"], "metric": t["metric"],
-            "predicted_ms": t["predicted_ms"], "measured_ms": t["measured_ms"], "size_bytes": t["size_bytes"],
+            "predicted_ms": t["predicted_ms"], "measured_ms": t["measured_ms"], "at_start_ms": t["at_start_ms"], "size_bytes": t["size_bytes"],
             "first_measured_ms": t.get("first_measured_ms"), "speedup": t.get("speedup_vs_original_same_round"),
             "engine": t["engine"], "engine_path": str(engine_path), "summary": t.get("summary", ""), "widened": t.get("widened", []),
             "extra_metrics": t["engine"].get("runtime_extra_metrics", {}),
@@ -983,6 +1027,8 @@ def finalize_run(
     }
     if wall_s is not None:
         summary["search_wall_s"] = wall_s
+    if retime_speed is not None:
+        summary["retime_speed"] = retime_speed
     atomic_write_json(run_dir / "pareto.json", {"schema": SCHEMA, **summary, "members": members})
     report = write_report(run_dir / "report.html", summary, trials, members)
 
@@ -1013,10 +1059,12 @@ def front_table(summary: dict, members: list[dict]) -> Table:
     base = summary["baseline"]
     floor = summary.get("metric_floor")
     table = Table(title=f"Pareto front (budget {summary['budget_ms']:.3f} ms"
-                        + (f", {summary['metric_name']} floor {floor:.4f}" if floor is not None else "") + ")")
+                        + (f", {summary['metric_name']} floor {floor:.4f}" if floor is not None else "") + ")",
+                  caption=retime_note(summary))
     extra_names = list(base.get("extra_metrics", {}))
+    at_start = retime_note(summary) is not None  # the latency the budget holds, where it differs from the timing
     for col in ("trial", summary["metric_name"], "vs original", *[f"{n} (orig {base['extra_metrics'][n]:.3f})" for n in extra_names],
-                "predicted ms", "measured ms", "speedup", "KiB", "engine", "policy"):
+                "predicted ms", "measured ms", *(["at start ms"] if at_start else []), "speedup", "KiB", "engine", "policy"):
         table.add_column(col, justify="left" if col in ("policy", "engine") else "right", overflow="fold")
     for m in members:
         extra = [f"{m['extra_metrics'][n]:.4f}" if n in m["extra_metrics"] else "-" for n in extra_names]
@@ -1028,7 +1076,8 @@ def front_table(summary: dict, members: list[dict]) -> Table:
             status += f"; final +{final['steps']} steps: {metric}" + ("" if final.get("verified") else " [red](FAILED)[/]")
         table.add_row(
             str(m["trial"]), f"{m['metric']:.4f}", f"{m['metric'] - base['metric']:+.4f}", *extra, f"{m['predicted_ms']:.3f}",
-            f"{m['measured_ms']:.3f}", f"{m['speedup']:.2f}x" if m.get("speedup") else "-", f"{m['size_bytes'] / 1024:.0f}",
+            f"{m['measured_ms']:.3f}", *([f"{m['at_start_ms']:.3f}" if m.get("at_start_ms") else "-"] if at_start else []),
+            f"{m['speedup']:.2f}x" if m.get("speedup") else "-", f"{m['size_bytes'] / 1024:.0f}",
             status, m["summary"],
         )
     return table

@@ -79,6 +79,8 @@ def test_changed_engine_is_marked_failed_in_pareto_report_and_runs_show(mlp_run,
     engine.doc_string = "changed after verification"  # still a valid engine, but not the verified file
     onnx.save(engine, run / victim["engine_file"])
     assert main(["report", str(run)]) == 0
+    # re-timed beside the run's most compressed model, built again from its recorded config
+    assert set(_pareto(run)["retime_speed"]) == {"original", "most_compressed"}
     marked = {m["trial"]: m for m in _pareto(run)["members"]}
     assert victim["trial"] in marked, "a failed member dominated by no verified one stays listed, marked"
     failed = marked[victim["trial"]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import optuna
@@ -34,9 +35,15 @@ def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials()
 
 
-def test_search_writes_front_engines_and_report(tmp_path, digits_task):
-    run_dir = tmp_path / "run"
-    result = run_search(_config(run_dir, "0.9x"), task=digits_task)
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory, digits_task):
+    """One search at 0.9x, for the tests that read it (copy it before changing it)."""
+    run_dir = tmp_path_factory.mktemp("digits") / "run"
+    return run_dir, run_search(_config(run_dir, "0.9x"), task=digits_task)
+
+
+def test_search_writes_front_engines_and_report(digits_run):
+    run_dir, result = digits_run
 
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["task"] == "digits" and manifest["config"]["seed"] == 0
@@ -66,6 +73,68 @@ def test_search_writes_front_engines_and_report(tmp_path, digits_task):
     assert steady["by"] == "the most compressed model"
     assert isinstance(pareto["fidelity"]["uneven"], float)  # the two models' speed ratio against the start's
     assert "At the machine speed of the table" in html
+    # The front is re-timed beside both whole models and held to the budget at the start's speed.
+    assert set(pareto["retime_speed"]) == {"original", "most_compressed"}
+    assert all(member["at_start_ms"] <= pareto["budget_ms"] * 1.05 for member in pareto["members"])
+
+
+class _SlowMachine:
+    """A backend whose every timing reads ``factor`` times longer: a machine that slowed down."""
+
+    def __init__(self, backend, factor: float) -> None:
+        self.backend, self.factor = backend, factor
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def measure_many(self, items, rounds=5):
+        from autocompress.latency_lut import Measurement
+
+        f = self.factor
+        return [Measurement(m.median_us * f, m.p10_us * f, m.p90_us * f, m.runs) for m in self.backend.measure_many(items, rounds)]
+
+
+def test_a_front_retimed_on_a_slowed_machine_keeps_its_members(tmp_path, digits_task, digits_run):
+    """Re-timed on a machine three times slower than at the start, every engine measures over
+    the budget; held at the start's speed by the original timed in the same rounds, the
+    members stay, and the terminal table and the report say why."""
+    from rich.console import Console
+
+    from autocompress.latency_lut import Measurable, backend_for_profile
+    from autocompress.study import finalize_run
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(digits_run[0], run_dir)
+    before = json.loads((run_dir / "pareto.json").read_text())
+    assert before["members"]
+    backend = backend_for_profile(before["profile"], int(digits_task.example_inputs[0].shape[0]))
+    original = Measurable.from_module(digits_task.model, digits_task.example_inputs, dynamic_batch=True)
+    console = Console(record=True, width=400)
+    result = finalize_run(run_dir, digits_task.metric_name, console, _SlowMachine(backend, 3.0), original)
+
+    after = json.loads((run_dir / "pareto.json").read_text())
+    assert result.front and after["members"]
+    assert after["retime_speed"]["original"] > 2.0 and "most_compressed" not in after["retime_speed"]
+    assert any(m["measured_ms"] > after["budget_ms"] * 1.05 for m in after["members"])  # the old rule dropped these
+    assert all(m["at_start_ms"] <= after["budget_ms"] * 1.05 for m in after["members"])
+    # at the start's speed: the timing over the original's slowdown in the same rounds
+    assert all(m["at_start_ms"] == pytest.approx(m["measured_ms"] / after["retime_speed"]["original"]) for m in after["members"])
+    printed = " ".join(console.export_text().split())  # the caption wraps
+    assert "held to the budget at the start's speed" in printed and "at start ms" in printed
+    assert "held to the budget at the start&#x27;s speed" in (run_dir / "report.html").read_text()
+
+
+def test_the_budget_holds_an_engine_at_the_start_speed_unless_its_rounds_ran_unevenly():
+    from autocompress.study import budget_latency_us
+
+    # The most compressed model ran 0.10 ms at the start and 0.12 ms beside the engine, the
+    # original 20% slower too: the engine's 0.24 ms is 0.20 ms at the start's speed.
+    even = {"latency_us": 240.0, "original_latency_us": 480.0, "tracker_latency_us": 120.0}
+    assert budget_latency_us(even, 400.0, 100.0) == pytest.approx(200.0)
+    # The original as at the start, the most compressed model 50% slower: the two disagree
+    # beyond UNEVEN, neither carries the timing to the start, and the budget takes it as timed.
+    uneven = {"latency_us": 240.0, "original_latency_us": 400.0, "tracker_latency_us": 150.0}
+    assert budget_latency_us(uneven, 400.0, 100.0) == 240.0
 
 
 def test_an_engine_latency_is_brought_to_the_speed_of_the_run_start():

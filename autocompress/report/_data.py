@@ -24,7 +24,8 @@ def hypervolume_2d(points: Sequence[tuple[float, float]], ref_metric: float, ref
 
 
 def search_progress(trials: Sequence[Mapping[str, Any]], budget_ms: float, higher_is_better: bool, budget_noise: float) -> list[dict]:
-    """After each proposal (in trial order): the best metric measured within budget so far,
+    """After each proposal (in trial order): the best metric measured within budget so far
+    (by ``at_start_ms``, the latency the budget holds, where a trial has it),
     the hypervolume of the feasible points so far, and the share of proposals the latency
     table rejected. The hypervolume's reference is the budget and the worst metric of any
     fine-tuned candidate, so the curve only rises."""
@@ -44,8 +45,9 @@ def search_progress(trials: Sequence[Mapping[str, Any]], budget_ms: float, highe
     for i, t in enumerate(ordered, start=1):
         status = t.get("status", "unknown")
         rejected += status == "infeasible"
-        if status == "completed" and t.get("metric") is not None and t.get("measured_ms") and t["measured_ms"] <= ref_latency:
-            feasible.append((t["metric"], t["measured_ms"]))
+        held = t.get("at_start_ms") or t.get("measured_ms")  # the latency the budget holds, where the run recorded it
+        if status == "completed" and t.get("metric") is not None and held and held <= ref_latency:
+            feasible.append((t["metric"], held))
             if best is None or sign * t["metric"] > sign * best:
                 best = t["metric"]
         out.append({
@@ -65,3 +67,19 @@ def policy_grid(policy: Mapping[str, Mapping[str, float]], layers: Sequence[Mapp
     groups = {l["name"]: l.get("out_group") for l in layers}
     return [{"layer": n, "prune": float(prune.get(groups.get(n) or n, 0.0)), "bits": int(bits.get(n, 32)),
              "rank": float(rank.get(n, 1.0)), "decomp": str(decomp.get(n, "svd"))} for n in names]
+
+
+RETIME_DRIFT = 0.05  # a re-timing this far from the start's speed is said next to the front
+
+
+def retime_note(summary: Mapping[str, Any]) -> str | None:
+    """One sentence where the front was re-timed with the whole models more than
+    ``RETIME_DRIFT`` off their speed at the run's start; None otherwise."""
+    speed = summary.get("retime_speed") or {}
+    moved = {name: s - 1 for name, s in speed.items() if abs(s - 1) > RETIME_DRIFT}
+    if not moved:
+        return None
+    said = ", ".join(f"the {'most compressed model' if name == 'most_compressed' else name} {d:+.0%}" for name, d in moved.items())
+    return (f"The front was re-timed while the machine ran {said} against the run's start: "
+            "each member is held to the budget at the start's speed (its timing times a whole model's start latency "
+            "over that model's latency in the same rounds).")

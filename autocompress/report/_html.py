@@ -16,7 +16,7 @@ from typing import Any, Mapping
 from urllib.parse import quote
 
 from autocompress._io import atomic_write_text
-from autocompress.report._data import policy_grid, search_progress
+from autocompress.report._data import policy_grid, retime_note, search_progress
 
 __all__ = ["report_data", "write_report"]
 
@@ -127,6 +127,12 @@ def _floor_line(summary: Mapping[str, Any]) -> str:
             f" ({beyond} fine-tuned candidate{'s' if beyond != 1 else ''} beyond it, left off the front)")
 
 
+def _retime_line(summary: Mapping[str, Any]) -> str:
+    """Where the front was re-timed on a machine off its speed at the run's start (empty otherwise)."""
+    note = retime_note(summary)
+    return f"<br><span class=\"hint\">{html.escape(note)}</span>" if note else ""
+
+
 def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], front: list[Mapping], budget_noise: float = 1.05) -> Path:
     """Write ``report.html`` for a run. ``summary`` holds task, baseline, budget, profile,
     counts, fidelity and the model's layers; ``trials`` are the trial store's records;
@@ -160,7 +166,7 @@ def write_report(path: Path, summary: Mapping[str, Any], trials: list[Mapping], 
 <p class="sub">Run <code>{html.escape(str(summary['run']))}</code>{f" &middot; created {html.escape(str(summary['created']))}" if summary.get('created') else ""}</p></header>
 <section class="facts">
 <div><b>Original model</b><br>{metric} <b>{base['metric']:.4f}</b>{extra}<br>latency <b>{base['latency_ms']:.3f} ms</b></div>
-<div><b>Budget</b><br><b>{summary['budget_ms']:.3f} ms</b> (<code>{html.escape(str(summary['budget']))}</code>){_floor_line(summary)}</div>
+<div><b>Budget</b><br><b>{summary['budget_ms']:.3f} ms</b> (<code>{html.escape(str(summary['budget']))}</code>){_floor_line(summary)}{_retime_line(summary)}</div>
 <div><b>Trials</b><br>{counts.get('completed', 0)} fine-tuned, {counts.get('infeasible', 0)} rejected by the latency table,
 {counts.get('failed', 0)} failed, {counts.get('failed_verification', 0)} failed engine verification;
 {counts.get('repaired', 0)} fine-tuned trials were over-budget proposals repaired to fit,
