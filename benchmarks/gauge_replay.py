@@ -1,21 +1,24 @@
 """Which machine gauge predicts a `lut validate` run's latencies best, replayed offline.
 
-    .venv/bin/python benchmarks/gauge_replay.py benchmarks/results/lut-validate-*avx2*.json
+    .venv/bin/python benchmarks/gauge_replay.py --same-rounds --window 1 benchmarks/results/lut-validate-*avx2*.json
+    .venv/bin/python benchmarks/gauge_replay.py benchmarks/results/lut-validate-*avx2*.json   # the earlier gauge
 
 Every `lut validate --json` report keeps, per candidate and in the order they were timed,
 the prediction at the speed the reference graph read (the latency view of reports written
 before `WholeModelGauge`; `latency_by_reference` since), the prediction at the
 calibration's speed, and enough to recover the original and the most compressed model
 timed beside it. This replays the whole-model gauge on them: each candidate predicted at
-the calibration's speed times the speed those two models read beside the previous
-``--window`` candidates (by default `GAUGE_TIMINGS`, as `WholeModelGauge` reads them),
-weighed by where the prediction lies between theirs. Before the third candidate the replay
-uses the timings there are (a run times the original three times before its first).
-``--window 30`` is about the minute the gauge read before it counted timings (30 demo
-candidates; 4 minilm ones, which three timings at least stretch to 3). ``--candidates K``
-adds a gauge with no whole model: each prediction at the calibration's speed times the
-median of measured over predicted of the previous K candidates (the candidates themselves
-as trackers; the first one by the whole models). Nothing is measured again.
+the calibration's speed times the speed those two models read, weighed by where the
+prediction lies between theirs. With ``--same-rounds --window 1``, as `lut validate` reads
+it now (`GAUGE_TIMINGS`): in the candidate's own rounds. Without ``--same-rounds``, beside
+the previous ``--window`` candidates (default 5: the gauge of 2026-12-06, before the first
+candidate the timings there are; a run then timed the original three times before its
+first); ``--window 30`` is about the minute the gauge read before it counted timings (30
+demo candidates; 4 minilm ones, which three timings at least stretch to 3).
+``--candidates K`` adds a gauge with no whole model: each prediction at the calibration's
+speed times the median of measured over predicted of the previous K candidates (the
+candidates themselves as trackers; the first one by the whole models). The gauges never
+read a candidate's own timing. Nothing is measured again.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ def _figures(predicted: np.ndarray, measured: np.ndarray) -> str:
     return f"{np.median(err):5.1%} {np.mean(err <= 0.1):6.1%} {fidelity(list(predicted), list(measured)).spearman:5.3f}"
 
 
-def replay(report: dict, window: int, candidates: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+def replay(report: dict, window: int, candidates: int | None = None, same_rounds: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
     """(predicted, measured) per gauge; None where the report lacks a view the replay needs."""
     from autocompress.latency_lut import WholeModelGauge
     from autocompress.latency_lut._table import REFERENCE_MIN_TIMINGS
@@ -52,11 +55,12 @@ def replay(report: dict, window: int, candidates: int | None = None) -> dict[str
     original = measured / np.array([s["measured_us"] for s in relative])
     compressed = measured * compressed_then / np.array([s["measured_us"] for s in at_cal])
     predicted_at_cal = np.array([s["predicted_us"] for s in at_cal])
-    k = max(REFERENCE_MIN_TIMINGS, window)
+    k = window if same_rounds else max(REFERENCE_MIN_TIMINGS, window)
     whole = []
     for i, p in enumerate(predicted_at_cal):
         gauge = WholeModelGauge(original_then, compressed_then, timings=k)
-        for o, c in zip(original[max(0, i - k):i], compressed[max(0, i - k):i]):
+        last = i + 1 if same_rounds else i  # the candidate's own rounds too, or only the earlier candidates'
+        for o, c in zip(original[max(0, last - k):last], compressed[max(0, last - k):last]):
             gauge.add(o, c)
         whole.append(p * gauge.speed(p))
     views = {"reference graph": (np.array([s["predicted_us"] for s in by_reference]), measured),
@@ -72,13 +76,13 @@ def replay(report: dict, window: int, candidates: int | None = None) -> dict[str
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", type=Path)
-    parser.add_argument("--window", type=int, default=None, help="candidates the gauge's median spans (default: GAUGE_TIMINGS)")
+    parser.add_argument("--window", type=int, default=5, help="candidates the gauge's median spans (default 5)")
     parser.add_argument("--candidates", type=int, default=None, help="also replay a gauge of the previous K candidates' own errors")
+    parser.add_argument("--same-rounds", action="store_true",
+                        help="the gauge also reads the whole models timed in each candidate's own rounds (with --window 1, lut validate's)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from autocompress.latency_lut import GAUGE_TIMINGS
-
-    window = args.window or GAUGE_TIMINGS
+    window = args.window
     names = ["reference graph", "whole models", "calibration speed"] + (["recent candidates"] if args.candidates else [])
     print(f"{'report':48s} {'n':>4s}   by the reference graph   by the whole models      at the calibration's speed"
           + (f"   by {args.candidates} recent candidates" if args.candidates else ""))
@@ -86,7 +90,7 @@ def main() -> int:
           + ("       median |err| ±10% rho" if args.candidates else ""))
     for path in args.reports:
         report = json.loads(path.read_text())
-        views = replay(report, window, args.candidates)
+        views = replay(report, window, args.candidates, args.same_rounds)
         if views is None:
             print(f"{path.name:48s} (no calibration timings of both whole models: skipped)")
             continue

@@ -89,7 +89,7 @@ def test_lut_build_show_validate(tmp_path):
     assert "The table predicted the original at" in printed.stdout
     assert "at the calibration's machine speed" in printed.stdout
     flowing = " ".join(printed.stdout.split())  # the lines as the terminal's width wrapped them, joined
-    assert "the two whole models read beside the earlier candidates:" in flowing and "the reference graph read:" in flowing
+    assert "the two whole models read in the candidate's own rounds:" in flowing and "the reference graph read:" in flowing
 
 
 def test_lut_validate_text_warns_of_a_machine_running_unevenly():
@@ -133,7 +133,7 @@ def test_lut_validate_text_says_when_whole_models_ran_off_the_gauge():
     _print_validation(Validation(report, report, machine={**machine, "original_predicted_us": 2000.0}, by_reference=report), "demo", 2, console)
     text = console.export_text()
     assert "the latency view by that graph judges that state as much as the table; the other views do not" in text
-    assert "latency at the machine speed the two whole models read beside the earlier candidates: median" in text
+    assert "latency at the machine speed the two whole models read in the candidate's own rounds: median" in text
 
 
 def test_lut_validate_text_counts_candidates_timed_again():

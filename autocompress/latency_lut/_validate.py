@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from autocompress.inventory import LayerInventory
-from autocompress.latency_lut._table import REFERENCE_MIN_TIMINGS, LatencyTable
+from autocompress.latency_lut._table import LatencyTable
 from autocompress.spaces import Policy, SearchSpace
 
 __all__ = [
@@ -113,8 +113,8 @@ class Validation:
     """`validate`'s reports, one per way of judging a prediction against its measurement.
 
     ``latency``: the predicted latency against the candidate's timing, the prediction at the
-    machine speed the original and the most compressed model read beside the earlier
-    candidates (`WholeModelGauge`) where the calibration timed both, else at the speed the
+    machine speed the original and the most compressed model read in the candidate's own
+    rounds (`WholeModelGauge`) where the calibration timed both, else at the speed the
     table's reference graph read. ``by_reference``: where the first, the prediction at the
     reference graph's speed, as `LatencyTable.predict_us` gives it. ``relative``: the
     predicted speed relative to the original against the ratio measured in the same round.
@@ -138,7 +138,7 @@ class Validation:
     VIEWS = (("latency", "latency (titled by its gauge)"), ("latency_by_reference", "latency at the machine speed the reference graph read"),
              ("relative_to_original", "speed relative to the original, timed in the same round"),
              ("at_calibration_speed", "at the calibration's machine speed, by the most compressed model timed beside it"))
-    WHOLE_MODELS_TITLE = "latency at the machine speed the two whole models read beside the earlier candidates"
+    WHOLE_MODELS_TITLE = "latency at the machine speed the two whole models read in the candidate's own rounds"
 
     def uneven(self) -> float | None:
         """`uneven_drift` of the two whole models timed beside the candidates."""
@@ -229,24 +229,26 @@ class QuietTimer:
         return kept
 
 
-GAUGE_TIMINGS = 5  # the whole-model gauge reads the median of this many latest timings
+GAUGE_TIMINGS = 1  # the whole-model gauge reads the timings of the candidate's own rounds alone
 
 
 class WholeModelGauge:
     """How much slower than in the table's calibration the machine runs a model now, as the
     original and the most compressed model read it: each one's median over its last
-    ``timings`` timings against its timing in the calibration, the two speeds weighed by
-    where the model's prediction at the calibration's speed lies between theirs (the
-    original's speed for a model as slow as the original, the most compressed one's for one
-    as fast as that).
+    ``timings`` timings (`validate` adds those of the candidate's own rounds before it reads
+    the gauge) against its timing in the calibration, the two speeds weighed by where the
+    model's prediction at the calibration's speed lies between theirs (the original's speed
+    for a model as slow as the original, the most compressed one's for one as fast as that).
 
     The table's reference graph is small: on the AVX2 EPYC whole models ran 5-15% slow for
     stretches of minutes while it read its usual speed, and a demo validation predicted at its
-    speed found 80.5% and 93.0% of 200 candidates within ±10%; replayed on the same timings
-    with this gauge, 95.5% and 98.0% (`benchmarks/gauge_replay.py`). Two models, because the
-    float original and the int8-heavy candidates slow apart (`benchmarks/drift_trackers.py`).
-    Five timings, not a minute's: the median still passes over two stray ones, and follows a
-    machine whose speed moves within the minute (a minute's median, 93.0% and 97.0% there)."""
+    speed found 80.5% and 93.0% of 200 candidates within ±10%. Two models, because the float
+    original and the int8-heavy candidates slow apart (`benchmarks/drift_trackers.py`). The
+    candidate's own rounds, not earlier candidates': the machine's speed moves within a
+    minute, and a gauge of the five earlier candidates' timings lagged it (minilm in such a
+    state: 95.0% within ±10%, Spearman 0.905; read in the candidate's own rounds, 100% and
+    0.981; `benchmarks/gauge_replay.py --same-rounds --window 1`). The gauge never reads the
+    candidate's own timing."""
 
     def __init__(self, original_then_us: float, compressed_then_us: float, timings: int = GAUGE_TIMINGS) -> None:
         self.original_then_us, self.compressed_then_us = original_then_us, compressed_then_us
@@ -308,9 +310,8 @@ def validate(
     ``measure_beside(policy)`` returns (candidate us, original us, most compressed us), timed
     in the same rounds. See `Validation` for the views; the relative ones are what machine
     drift between minutes cannot touch. Where the calibration timed both whole models, the
-    latency view predicts at the speed they read beside the earlier candidates
-    (`WholeModelGauge`; the original is timed ``REFERENCE_MIN_TIMINGS`` times before the
-    first). With ``repeat``, every candidate is timed a second time after all the first
+    latency view predicts at the speed they read in the candidate's own rounds
+    (`WholeModelGauge`). With ``repeat``, every candidate is timed a second time after all the first
     timings (minutes later on a big sample). A candidate timed in a
     passing disturbance of the machine is timed again (`QuietTimer`); ``machine`` counts them.
     """
@@ -318,9 +319,6 @@ def validate(
     baseline, tracker = space.baseline(), space.extreme()
     point, base_point = _calibration_point(table, inventory, tracker), _calibration_point(table, inventory, baseline)
     gauge = WholeModelGauge(base_point["measured_us"], point["measured_us"]) if point is not None and base_point is not None else None
-    if gauge is not None:  # the gauge's first median, before the first prediction
-        for _ in range(REFERENCE_MIN_TIMINGS):
-            gauge.add(*measure_beside(baseline)[1:])
     measure_beside = QuietTimer(measure_beside)
     policies = [space.sample(rng) for _ in range(samples)]
     labels = [policy.digest for policy in policies]
@@ -332,11 +330,10 @@ def validate(
         predicted_ratio.append(predicted[-1] / predicted_original[-1])
         if point is not None:
             predicted_at_cal.append(_predict_at_calibration_speed(table, inventory, policy, tracker, point))
-        if gauge is not None:
-            by_whole_models.append(predicted_at_cal[-1] * gauge.speed(predicted_at_cal[-1]))
         timings.append(measure_beside(policy))
-        if gauge is not None:
+        if gauge is not None:  # the machine's speed as the whole models read it in the candidate's rounds
             gauge.add(*timings[-1][1:])
+            by_whole_models.append(predicted_at_cal[-1] * gauge.speed(predicted_at_cal[-1]))
         if on_sample is not None:
             on_sample(i + 1)
 
