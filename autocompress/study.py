@@ -898,7 +898,7 @@ def _write_member_sidecar(run_dir: Path, manifest: dict, member: dict) -> Path |
         "max_abs_error": engine["max_abs_error"], "output_cosine": engine.get("output_cosine"),
         "top1_agreement": engine.get("top1_agreement"), "integer_nodes": engine.get("integer_nodes", {}),
         "int8_layers": engine.get("int8_layers"), "latency_ms": member["measured_ms"],
-        "first_latency_ms": member.get("first_measured_ms"), "predicted_ms": member["predicted_ms"],
+        "first_latency_ms": member.get("first_measured_ms"), "at_start_ms": member.get("at_start_ms"), "predicted_ms": member["predicted_ms"],
         "speedup_vs_original_same_round": member.get("speedup"),
         "latency_method": (f"{manifest['profile'].get('backend', DEFAULT_BACKEND)}, {manifest['profile'].get('threads', 1)} "
                            "thread(s), median over 5 rounds interleaved with the original model (the latency table's backend)"),

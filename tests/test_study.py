@@ -119,6 +119,8 @@ def test_a_front_retimed_on_a_slowed_machine_keeps_its_members(tmp_path, digits_
     assert all(m["at_start_ms"] <= after["budget_ms"] * 1.05 for m in after["members"])
     # at the start's speed: the timing over the original's slowdown in the same rounds
     assert all(m["at_start_ms"] == pytest.approx(m["measured_ms"] / after["retime_speed"]["original"]) for m in after["members"])
+    assert all(json.loads((run_dir / m["sidecar_file"]).read_text())["verification"]["at_start_ms"] == m["at_start_ms"]
+               for m in after["members"])
     printed = " ".join(console.export_text().split())  # the caption wraps
     assert "held to the budget at the start's speed" in printed and "at start ms" in printed
     assert "held to the budget at the start&#x27;s speed" in (run_dir / "report.html").read_text()
