@@ -247,8 +247,10 @@ def _calibration_inputs(task: Task, batches: int) -> list[tuple[torch.Tensor, ..
 def recorded_tracker(manifest: Mapping[str, Any], task: Task) -> Measurable | None:
     """A finished run's most compressed model (`Workbench.tracker`), built again as its
     search built it, to time beside its engines; None where the run's space no longer
-    builds from its recorded config (an older version's run: its engines are then timed
-    beside the original only)."""
+    builds from its recorded config or recorded no start timing of it (an older version's
+    run: its engines are then timed beside the original only)."""
+    if not manifest.get("baseline", {}).get("tracker_latency_us"):
+        return None  # nothing to bring its timing back to
     try:
         config = SearchConfig.from_dict(manifest["config"])
         inventory = build_inventory(task.model, task.example_inputs, task.ignored_layers)
